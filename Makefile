@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TRIAGE := $(BIN)/triage --config config.toml
+DEMO_TRAIN := --data demo/training.csv --text-column subject --text-column body \
+	--label kind --label area --label urgency
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format demo-reset clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+## demo: set up, train the demo model if none is active, triage the sample mailbox once
 demo: $(STAMP)
-	$(BIN)/triage --config demo/config.toml demo
+	@$(TRIAGE) --log-level ERROR models active >/dev/null 2>&1 \
+		|| $(TRIAGE) --log-level WARNING train $(DEMO_TRAIN) --activate
+	$(TRIAGE) --log-level WARNING run --once
+	@echo "Forwards are in var/forwards/ (one .eml each); history: $(TRIAGE) stats"
 
+## test: set up and run the whole suite (lint included)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -28,5 +36,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:
-	rm -rf $(VENV) var
+## demo-reset: forget the demo's history, forwards and models (keeps the environment)
+demo-reset:
+	rm -rf var models/[0-9]*
+
+clean: demo-reset
+	rm -rf $(VENV)

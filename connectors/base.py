@@ -1,0 +1,58 @@
+"""The connector contract: what every source (IMAP, Maildir, X, ...) yields to the pipeline.
+
+A connector knows how to read its source and nothing else: it never parses, classifies or stores.
+It yields raw items together with the checkpoint that is valid once that item (and every item
+before it) has been stored, so the pipeline can commit a batch and its checkpoint atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+Checkpoint = dict[str, Any]
+"""Opaque JSON-serialisable state owned by the connector (e.g. IMAP ``{uidvalidity, last_uid}``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawItem:
+    """One item as the source delivered it, before normalization.
+
+    ``source_id`` is stable for the item's life in the source
+    ("imap:<account>/<folder>:<uidvalidity>:<uid>"); ``raw`` holds the RFC 5322 bytes for mail
+    (``format="rfc822"``). ``truncated`` is set when the item exceeded the size limit and only
+    its headers were fetched; ``size`` is then the full size.
+    """
+
+    source: str
+    source_id: str
+    raw: bytes
+    received_at: datetime
+    format: str = "rfc822"
+    size: int = 0
+    truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    """A source of raw items. ``fetch`` resumes after ``checkpoint`` (None: from the beginning)."""
+
+    name: str
+
+    def fetch(self, checkpoint: Checkpoint | None) -> Iterator[tuple[RawItem, Checkpoint]]: ...
+
+    def close(self) -> None: ...
+
+
+class ConnectorError(Exception):
+    """Base class of connector failures; the message is one plain sentence."""
+
+
+class ConnectorUnavailable(ConnectorError):
+    """A transient failure (server down, timeout, dropped connection): retry later."""
+
+
+class ConnectorAuthError(ConnectorError):
+    """A permanent failure (login refused, folder missing): retrying will not help until fixed."""

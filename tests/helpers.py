@@ -1,0 +1,59 @@
+"""Builders shared by the tests: configs made in code, emails made as raw bytes."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+from triage.config import Config, parse_config
+
+DEPARTMENTS = [
+    {"name": "billing", "email": "billing@dept.test", "areas": ["billing"]},
+    {"name": "logistics", "email": "logistics@dept.test", "areas": ["delivery"]},
+    {"name": "review", "email": "review@dept.test"},
+]
+
+
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    """A valid config rooted in ``tmp_path``; each keyword replaces one top-level section."""
+    data: dict[str, Any] = {
+        "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+        "departments": DEPARTMENTS,
+        "routing": {
+            "escalation_email": "duty@dept.test",
+            "review_department": "review",
+            "min_confidence": 0.0,
+        },
+        "forwarding": {"transport": "directory", "directory": str(tmp_path / "forwards")},
+        "classifier": {"models_dir": str(tmp_path / "models")},
+        "sources": [],
+    }
+    data.update(sections)
+    return parse_config(data, base_dir=tmp_path)
+
+
+def make_email(
+    subject: str,
+    body: str,
+    *,
+    sender: str = "Olena Petrenko <olena@example.com>",
+    to: str = "support@shop.test",
+    charset: str = "utf-8",
+    headers: dict[str, str] | None = None,
+    date: Any = None,
+) -> bytes:
+    """One realistic RFC 5322 message as bytes."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = make_msgid(domain="example.com")
+    if date is not None:
+        message["Date"] = format_datetime(date)
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body, charset=charset, cte="8bit" if charset != "utf-8" else None)
+    return message.as_bytes()

@@ -1,0 +1,134 @@
+"""Config validation: every error is one sentence naming the key; secrets are named, not stored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from triage.config import ImapSource, check_secrets, load_config, resolve_secret
+from triage.errors import ConfigError
+
+IMAP = """
+[[sources]]
+name = "support"
+type = "imap"
+host = "imap.example.org"
+username = "support@example.org"
+password_env = "TRIAGE_TEST_IMAP_PASSWORD"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_the_shipped_config_is_valid() -> None:
+    config = load_config(Path(__file__).parent.parent / "config.toml")
+    assert [s.name for s in config.sources] == ["demo-mailbox"]
+    assert config.routing.review_department == "review"
+    assert config.forwarding.directory.is_absolute()
+    assert config.database.url.startswith("sqlite:////")
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, IMAP))
+    source = config.sources[0]
+    assert isinstance(source, ImapSource)
+    assert (source.port, source.tls, source.folder) == (993, "ssl", "INBOX")
+    assert config.database.url == f"sqlite:///{tmp_path / 'var/triage.db'}"
+    assert config.classifier.models_dir == tmp_path / "models"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (IMAP.replace('host = "imap.example.org"', 'host = "x"\nport = "imap"'), "sources[0].port"),
+        (
+            IMAP.replace('host = "imap.example.org"', 'hots = "x"'),
+            "sources[0].hots is not a known key",
+        ),
+        (IMAP.replace('type = "imap"', 'type = "pop3"'), "sources[0].type must be one of"),
+        (
+            IMAP.replace('password_env = "TRIAGE_TEST_IMAP_PASSWORD"', ""),
+            "password_env or password_file",
+        ),
+        (IMAP + IMAP, "sources[1].name 'support' is used twice"),
+        ('[routing]\nreview_department = "nobody"', "routing.review_department names 'nobody'"),
+        ('[forwarding]\ntransport = "smtp"', "there is no [smtp] section"),
+        ("[database]\nurl = 5", "database.url"),
+        ('[[departments]]\nname = "x"\nemail = "not-an-address"', "departments[0].email"),
+        ("[routing\n", "is not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    message = error_of(tmp_path, text)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_secret_from_env_is_required_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(write(tmp_path, IMAP))
+    monkeypatch.delenv("TRIAGE_TEST_IMAP_PASSWORD", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"sources\[0\]\.password_env: .*TRIAGE_TEST_IMAP_PASSWORD is not set"
+    ):
+        check_secrets(config)
+    monkeypatch.setenv("TRIAGE_TEST_IMAP_PASSWORD", "s3cret")
+    assert resolve_secret(config.sources[0], "sources[0]") == "s3cret"
+
+
+def test_secret_file_must_not_be_world_readable(tmp_path: Path) -> None:
+    secret = tmp_path / "imap-password"
+    secret.write_text("s3cret\n")
+    config = load_config(
+        write(
+            tmp_path,
+            IMAP.replace(
+                'password_env = "TRIAGE_TEST_IMAP_PASSWORD"', 'password_file = "imap-password"'
+            ),
+        )
+    )
+    os.chmod(secret, 0o644)
+    with pytest.raises(ConfigError, match="readable by everyone"):
+        check_secrets(config)
+    os.chmod(secret, 0o600)
+    assert resolve_secret(config.sources[0], "sources[0]") == "s3cret"
+
+
+def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
+    good = write(tmp_path, "")
+    ok = subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(good), "config", "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "is valid" in ok.stdout
+    bad = write(tmp_path, "[schedule]\npoll_interval = -1")
+    failed = subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(bad), "config", "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2
+    assert "schedule.poll_interval" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

@@ -1,0 +1,293 @@
+"""Load and validate ``config.toml`` once, at start, into frozen objects.
+
+Every error names the key path (``sources[1].port``) in one sentence, so an admin can fix the
+file without reading a traceback. Secrets are never stored here: the config names an environment
+variable or a file, and :func:`resolve_secret` reads it when a connection is made.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from triage.errors import ConfigError
+
+TlsMode = Literal["ssl", "starttls", "plain"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Secret(_Section):
+    """Where a secret lives: an environment variable or a file, never the config itself."""
+
+    password_env: str | None = None
+    password_file: Path | None = None
+
+
+class _TlsEndpoint(Secret):
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    tls: TlsMode = "ssl"
+    cafile: Path | None = None
+    username: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class ImapSource(_TlsEndpoint):
+    type: Literal["imap"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    port: int = Field(default=993, gt=0, lt=65536)
+    username: str
+    folder: str = "INBOX"
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    max_message_bytes: int = Field(default=25_000_000, ge=1024)
+    poll_interval: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_secret(self) -> ImapSource:
+        if not (self.password_env or self.password_file):
+            raise ValueError("set password_env or password_file for the IMAP password")
+        return self
+
+
+class MaildirSource(_Section):
+    type: Literal["maildir"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    path: Path
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    max_message_bytes: int = Field(default=25_000_000, ge=1024)
+    poll_interval: float | None = Field(default=None, gt=0)
+
+
+Source = Annotated[ImapSource | MaildirSource, Field(discriminator="type")]
+
+
+class Department(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    areas: tuple[str, ...] = ()
+
+
+class Rule(_Section):
+    """An explicit (kind, area) -> department rule; checked before the area owners."""
+
+    department: str
+    kind: str | None = None
+    area: str | None = None
+
+
+class Routing(_Section):
+    forward_kinds: tuple[str, ...] = ("complaint", "feedback")
+    urgent_labels: tuple[str, ...] = ("urgent",)
+    escalation_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    review_department: str | None = None
+    min_confidence: float = Field(default=0.45, ge=0, le=1)
+    rules: tuple[Rule, ...] = ()
+
+
+class Smtp(_TlsEndpoint):
+    port: int = Field(default=587, gt=0, lt=65536)
+    tls: TlsMode = "starttls"
+
+
+class Forwarding(_Section):
+    transport: Literal["smtp", "directory"] = "directory"
+    directory: Path = Path("var/forwards")
+    from_address: str = Field(default="triage@localhost", pattern=r"^[^@\s]+@[^@\s]+$")
+    redirect_all_to: str | None = None
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    history_in_forward: int = Field(default=5, ge=0)
+
+
+class Classifier(_Section):
+    models_dir: Path = Path("models")
+    batch_size: int = Field(default=256, ge=1)
+
+
+class Schedule(_Section):
+    poll_interval: float = Field(default=60.0, gt=0)
+    outbox_interval: float = Field(default=15.0, gt=0)
+
+
+class Logging(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Database(_Section):
+    url: str = "sqlite:///var/triage.db"
+
+
+class Config(_Section):
+    """The validated configuration; relative paths are resolved against the file's folder."""
+
+    database: Database = Database()
+    sources: tuple[Source, ...] = ()
+    departments: tuple[Department, ...] = ()
+    routing: Routing = Routing()
+    forwarding: Forwarding = Forwarding()
+    smtp: Smtp | None = None
+    classifier: Classifier = Classifier()
+    schedule: Schedule = Schedule()
+    logging: Logging = Logging()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        _unique([s.name for s in self.sources], "sources", "name")
+        _unique([d.name for d in self.departments], "departments", "name")
+        known = {d.name for d in self.departments}
+        if self.routing.review_department and self.routing.review_department not in known:
+            raise ValueError(
+                f"routing.review_department names {self.routing.review_department!r}, "
+                "which is not a department"
+            )
+        for i, rule in enumerate(self.routing.rules):
+            if rule.department not in known:
+                raise ValueError(
+                    f"routing.rules[{i}].department names {rule.department!r}, "
+                    "which is not a department"
+                )
+        if self.forwarding.transport == "smtp" and self.smtp is None:
+            raise ValueError("forwarding.transport is 'smtp' but there is no [smtp] section")
+        return self
+
+    def source(self, name: str) -> ImapSource | MaildirSource:
+        """The source called ``name``; ConfigError listing the known names otherwise."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"no source named {name!r} (configured: {known})")
+
+
+def _unique(names: list[str], section: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{section}[{i}].{key} {name!r} is used twice")
+        seen.add(name)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key is wrong; the message names the key.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(data, base_dir=path.resolve().parent, origin=str(path))
+
+
+def parse_config(data: dict[str, object], *, base_dir: Path, origin: str = "config") -> Config:
+    """Validate an already-parsed TOML document (tests build configs this way)."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_first_error(exc)}") from None
+    return _absolute_paths(config, base_dir)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = _key_path(error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{loc} is not a known key"
+    if error["type"] == "missing":
+        return f"{loc} is required"
+    if error["type"] == "union_tag_invalid":
+        return f"{loc}.type must be one of 'imap', 'maildir'"
+    if error["type"] == "union_tag_not_found":
+        return f"{loc}.type is required ('imap' or 'maildir')"
+    return f"{loc}: {message}" if loc else message
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("imap", "maildir"):  # pydantic's discriminator level, not a key of the file
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _absolute_paths(config: Config, base: Path) -> Config:
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else (path if path.is_absolute() else base / path)
+
+    def fix(section: _Section) -> _Section:
+        updates = {
+            name: absolute(value)
+            for name, value in section.__dict__.items()
+            if isinstance(value, Path)
+        }
+        return section.model_copy(update=updates) if updates else section
+
+    database = config.database
+    if database.url.startswith("sqlite:///") and not database.url.startswith("sqlite:////"):
+        relative = database.url.removeprefix("sqlite:///")
+        if relative and relative != ":memory:":
+            database = Database(url=f"sqlite:///{base / relative}")
+    return config.model_copy(
+        update={
+            "database": database,
+            "sources": tuple(fix(s) for s in config.sources),
+            "forwarding": fix(config.forwarding),
+            "classifier": fix(config.classifier),
+            "smtp": fix(config.smtp) if config.smtp else None,
+        }
+    )
+
+
+def resolve_secret(secret: Secret, key: str) -> str:
+    """Read the secret a section names. ``key`` is its path, used only in error messages.
+
+    Raises:
+        ConfigError: the variable is unset, the file is missing, or readable by everyone.
+    """
+    if secret.password_env:
+        value = os.environ.get(secret.password_env)
+        if value is None:
+            raise ConfigError(
+                f"{key}.password_env: environment variable {secret.password_env} is not set"
+            )
+        return value
+    if secret.password_file:
+        return _read_secret_file(secret.password_file, key)
+    raise ConfigError(f"{key}: set password_env or password_file")
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{key}.password_file: {path} does not exist") from None
+    if mode & stat.S_IROTH:
+        raise ConfigError(
+            f"{key}.password_file: {path} is readable by everyone; run chmod o-r {path}"
+        )
+    return path.read_text(encoding="utf-8").strip()
+
+
+def check_secrets(config: Config) -> None:
+    """Resolve every secret once so a missing one fails at start, not at the first poll."""
+    for i, source in enumerate(config.sources):
+        if isinstance(source, ImapSource):
+            resolve_secret(source, f"sources[{i}]")
+    if config.smtp and (config.smtp.password_env or config.smtp.password_file):
+        resolve_secret(config.smtp, "smtp")

@@ -1,0 +1,364 @@
+"""The forwarder: delivers outbox entries to departments, by SMTP or as ``.eml`` files.
+
+Delivery is at-least-once. Each forward's Message-ID is fixed when it is queued, so the one window
+no mail system can close (the server accepted, we crashed before recording it) re-sends a message
+the recipient's system can collapse. 4xx replies and network errors are retried with exponential
+backoff and jitter; 5xx replies mark the forward failed (a dead letter the admin can retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import smtplib
+import ssl
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from triage.config import Config, Forwarding, Smtp, resolve_secret
+from triage.store.database import Database
+from triage.store.schema import Classification, Forward, Message, utcnow
+
+log = logging.getLogger(__name__)
+
+LOOP_HEADER = "X-Triage-Forward"
+"""Set on every forward; the normalizer treats mail carrying it as machine-sent (no loops)."""
+
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class DeliveryError(Exception):
+    """A forward could not be delivered; ``permanent`` says whether a retry can help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    """Hands a composed message to the next hop."""
+
+    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DirectoryTransport:
+    """Writes each forward as ``<dir>/<message-id>.eml`` (temp file, fsync, rename): the demo's
+    outbox, and a drop folder for another mail system to pick up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>")) + ".eml"
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(message.as_bytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, self.directory / name)
+        except OSError as exc:
+            Path(temp).unlink(missing_ok=True)
+            raise DeliveryError(
+                f"cannot write {self.directory / name}: {exc}", permanent=False
+            ) from None
+
+    def close(self) -> None:
+        """Files are closed as they are written."""
+
+
+class SmtpTransport:
+    """SMTP with STARTTLS or implicit TLS and AUTH; connects lazily, reconnects after an error."""
+
+    def __init__(self, settings: Smtp) -> None:
+        self.settings = settings
+        self._connection: smtplib.SMTP | None = None
+
+    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None:
+        try:
+            refused = self._connect().send_message(message, sender, list(recipients))
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            codes = [code for code, _ in exc.recipients.values()]
+            raise DeliveryError(
+                f"{self._where} refused every recipient: {_replies(exc.recipients)}",
+                permanent=all(code >= 500 for code in codes),
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            raise DeliveryError(
+                f"{self._where} answered {exc.smtp_code} {_text(exc.smtp_error)}",
+                permanent=exc.smtp_code >= 500 and exc.smtp_code != 535,
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            self._reset()
+            raise DeliveryError(f"{self._where} failed: {exc}", permanent=False) from None
+        if refused:
+            log.warning("%s accepted the forward but refused %s", self._where, _replies(refused))
+
+    @property
+    def _where(self) -> str:
+        return f"SMTP server {self.settings.host}:{self.settings.port}"
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._connection is not None:
+            return self._connection
+        s = self.settings
+        context = ssl.create_default_context(cafile=s.cafile) if s.tls != "plain" else None
+        if s.tls == "ssl":
+            connection: smtplib.SMTP = smtplib.SMTP_SSL(
+                s.host, s.port, timeout=s.timeout, context=context
+            )
+        else:
+            connection = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            if s.tls == "starttls":
+                connection.starttls(context=context)
+        if s.username:
+            connection.login(s.username, resolve_secret(s, "smtp"))
+        self._connection = connection
+        return connection
+
+    def _reset(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except OSError:
+                log.debug("closing the SMTP connection failed", exc_info=True)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.quit()
+            except (smtplib.SMTPException, OSError):
+                connection.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _replies(refused: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{rcpt}: {code} {_text(text)}" for rcpt, (code, text) in refused.items())
+
+
+def make_transport(config: Config) -> Transport:
+    """The transport the config names."""
+    if config.forwarding.transport == "smtp" and config.smtp is not None:
+        return SmtpTransport(config.smtp)
+    return DirectoryTransport(config.forwarding.directory)
+
+
+@dataclass
+class FlushResult:
+    """What one flush of the outbox did."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+class Forwarder:
+    """Delivers due outbox entries, committing each outcome as soon as it is known."""
+
+    def __init__(self, db: Database, config: Config, transport: Transport) -> None:
+        self.db = db
+        self.settings: Forwarding = config.forwarding
+        self.transport = transport
+        self._outage_logged = False
+
+    def flush(self, now: datetime | None = None, limit: int = 1000) -> FlushResult:
+        """Try every pending forward that is due; returns the counts."""
+        result = FlushResult()
+        now = now or utcnow()
+        with self.db.session() as session:
+            due = session.scalars(
+                select(Forward.id)
+                .where(Forward.status == "pending", Forward.next_attempt_at <= now)
+                .order_by(Forward.id)
+                .limit(limit)
+            ).all()
+        try:
+            for forward_id in due:
+                self._deliver(forward_id, now, result)
+        finally:
+            self.transport.close()
+        if due:
+            log.info(
+                "outbox: %d sent, %d to retry, %d failed",
+                result.sent,
+                result.retrying,
+                result.failed,
+            )
+        return result
+
+    def _deliver(self, forward_id: int, now: datetime, result: FlushResult) -> None:
+        with self.db.transaction() as session:
+            forward = session.get(Forward, forward_id)
+            if forward is None or forward.status != "pending":
+                return
+            message = compose(session, forward, self.settings)
+            try:
+                self.transport.send(
+                    message, self.settings.from_address, [*forward.to_addrs, *forward.cc_addrs]
+                )
+            except DeliveryError as exc:
+                self._failed_attempt(forward, exc, now, result)
+                return
+            forward.status, forward.sent_at, forward.last_error = "sent", utcnow(), None
+            forward.attempts += 1
+            result.sent += 1
+            if self._outage_logged:
+                log.info("forwarding works again")
+                self._outage_logged = False
+            log.debug("forward %s delivered to %s", forward.rfc_message_id, forward.department)
+
+    def _failed_attempt(
+        self, forward: Forward, exc: DeliveryError, now: datetime, result: FlushResult
+    ) -> None:
+        forward.attempts += 1
+        forward.last_error = str(exc)
+        if exc.permanent or forward.attempts >= self.settings.max_attempts:
+            forward.status = "failed"
+            result.failed += 1
+            log.error(
+                "forward %s to %s failed for good after %d attempt(s): %s "
+                "(retry with `triage outbox retry %d`)",
+                forward.rfc_message_id,
+                forward.department,
+                forward.attempts,
+                exc,
+                forward.id,
+            )
+            return
+        forward.next_attempt_at = now + backoff(forward.attempts, self.settings.retry_base_seconds)
+        result.retrying += 1
+        if not self._outage_logged:
+            log.warning("forwarding is failing, will retry with backoff: %s", exc)
+            self._outage_logged = True
+
+
+def backoff(attempts: int, base_seconds: float) -> timedelta:
+    """Exponential backoff with full jitter in its upper half, capped at an hour."""
+    delay = min(MAX_BACKOFF.total_seconds(), base_seconds * 2 ** (attempts - 1))
+    return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+
+
+def compose(session: Session, forward: Forward, settings: Forwarding) -> EmailMessage:
+    """The email a department receives: everything at a glance, the original attached."""
+    message = forward.message
+    labels = _labels(session, message.id)
+    mail = EmailMessage(policy=SMTP)
+    mail["From"] = settings.from_address
+    mail["To"] = ", ".join(forward.to_addrs)
+    if forward.cc_addrs:
+        mail["Cc"] = ", ".join(forward.cc_addrs)
+    mail["Subject"] = _subject(message, labels, forward.urgent)
+    mail["Date"] = format_datetime(forward.created_at)
+    mail["Message-ID"] = forward.rfc_message_id
+    mail[LOOP_HEADER] = forward.department
+    mail["Auto-Submitted"] = "auto-generated"
+    if forward.urgent:
+        mail["Importance"] = "high"
+        mail["X-Priority"] = "1"
+    if message.header_message_id:
+        mail["References"] = message.header_message_id
+    mail.set_content(_summary(session, message, labels, forward, settings.history_in_forward))
+    mail.add_attachment(message_from_bytes(message.raw), filename="original.eml")
+    return mail
+
+
+def _labels(session: Session, message_id: int) -> dict[str, Classification]:
+    rows = session.scalars(
+        select(Classification)
+        .where(Classification.message_id == message_id)
+        .order_by(Classification.id)
+    )
+    return {row.axis: row for row in rows}
+
+
+def _subject(message: Message, labels: dict[str, Classification], urgent: bool) -> str:
+    tags = "/".join(labels[axis].label for axis in ("kind", "area") if axis in labels)
+    prefix = "[URGENT] " if urgent else ""
+    subject = message.subject or "(no subject)"
+    return f"{prefix}[{tags or 'triage'}] {subject}"
+
+
+def _summary(
+    session: Session,
+    message: Message,
+    labels: dict[str, Classification],
+    forward: Forward,
+    history_limit: int,
+) -> str:
+    customer = message.customer
+    who = customer.address if customer else "(unknown sender)"
+    if customer and customer.display_name:
+        who = f"{customer.display_name} <{customer.address}>"
+    earlier = _earlier(session, message, history_limit)
+    lines = [
+        f"Customer:  {who}",
+        f"Channel:   {message.channel} (source {message.source})",
+        f"Received:  {message.received_at:%Y-%m-%d %H:%M} UTC",
+        *(
+            f"{axis.capitalize() + ':':<10} {row.label} ({row.confidence:.0%} confidence)"
+            for axis, row in labels.items()
+        ),
+        f"Routing:   {forward.reason}",
+        f"Earlier requests from this customer: {earlier[0]}",
+        *(f"  - {line}" for line in earlier[1]),
+    ]
+    if message.truncated:
+        lines.append(f"Note: the message was {message.size} bytes; only its headers were kept.")
+    if message.warnings:
+        lines.append("Decoding notes: " + "; ".join(message.warnings))
+    body = message.body.strip() or "(no text)"
+    return "\n".join([*lines, "", "-" * 60, f"Subject: {message.subject}", "", body, ""])
+
+
+def _earlier(session: Session, message: Message, limit: int) -> tuple[int, list[str]]:
+    if message.customer_id is None:
+        return 0, []
+    earlier = (Message.customer_id == message.customer_id) & (
+        (Message.received_at < message.received_at)
+        | ((Message.received_at == message.received_at) & (Message.id < message.id))
+    )
+    count = session.scalar(select(func.count()).select_from(Message).where(earlier)) or 0
+    recent = session.scalars(
+        select(Message).where(earlier).order_by(Message.received_at.desc()).limit(limit)
+    ).all()
+    lines = []
+    for row in recent:
+        labels = _labels(session, row.id)
+        tags = "/".join(labels[a].label for a in ("kind", "area") if a in labels) or row.status
+        lines.append(f"{row.received_at:%Y-%m-%d} [{tags}] {row.subject or '(no subject)'}")
+    return count, lines
+
+
+def requeue(db: Database, forward_ids: Sequence[int], all_failed: bool) -> int:
+    """Put failed forwards back in the queue, due now; returns how many were requeued."""
+    with db.transaction() as session:
+        query = select(Forward).where(Forward.status == "failed")
+        if not all_failed:
+            query = query.where(Forward.id.in_(forward_ids))
+        forwards = session.scalars(query).all()
+        for forward in forwards:
+            forward.status, forward.attempts, forward.next_attempt_at = "pending", 0, utcnow()
+        return len(forwards)

@@ -1,0 +1,362 @@
+"""One poll of one source: fetch → normalize → dedup → classify → route → store + outbox.
+
+Each batch is written in ONE transaction together with the source's checkpoint, so a crash
+replays the batch and the unique content key absorbs the replay. A message that cannot be parsed
+or classified is quarantined with its error and raw bytes; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.utils import make_msgid
+from itertools import islice
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from classifiers.base import Prediction
+from classifiers.model import Classifier
+from connectors.base import Checkpoint, Connector, ConnectorError, RawItem
+from triage.config import Config
+from triage.normalize import ParsedEmail, parse_email
+from triage.registry import ActiveClassifier
+from triage.routing import Route, Router
+from triage.store.database import Database
+from triage.store.schema import (
+    Classification,
+    Conversation,
+    Customer,
+    Forward,
+    Message,
+    SourceState,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one item, for the run report."""
+
+    source_id: str
+    sender: str
+    subject: str
+    status: str  # "stored", "duplicate", "quarantined"
+    predictions: dict[str, Prediction] | None = None
+    route: Route | None = None
+    error: str | None = None
+
+
+@dataclass
+class PollResult:
+    """The summary of one poll of one source."""
+
+    source: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def forwarded(self) -> int:
+        return sum(1 for o in self.outcomes if o.route is not None and o.route.department)
+
+
+@dataclass
+class _Parsed:
+    item: RawItem
+    key: str
+    email: ParsedEmail | None = None
+    error: str | None = None
+    predictions: dict[str, Prediction] | None = None
+    route: Route | None = None
+
+
+class Pipeline:
+    """Runs polls for the sources of one config against one database."""
+
+    def __init__(
+        self, db: Database, config: Config, router: Router, classifier: ActiveClassifier
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.router = router
+        self.classifier = classifier
+
+    def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
+        """Read everything new from ``connector`` and record it; never raises for source errors."""
+        result = PollResult(name)
+        model = self.classifier.current()
+        try:
+            for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
+                result.outcomes.extend(self._process(name, batch, model))
+        except ConnectorError as exc:
+            result.error = str(exc)
+            self._record_failure(name, str(exc))
+            log.warning("%s: poll failed: %s", name, exc)
+            return result
+        finally:
+            connector.close()
+        self._record_success(name)
+        log.info(
+            "%s: %d new, %d already stored, %d quarantined, %d queued for forwarding",
+            name,
+            result.count("stored"),
+            result.count("duplicate"),
+            result.count("quarantined"),
+            result.forwarded,
+        )
+        return result
+
+    def _checkpoint(self, name: str) -> Checkpoint | None:
+        with self.db.session() as session:
+            state = session.get(SourceState, name)
+            return state.checkpoint if state else None
+
+    def _process(
+        self, source: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
+    ) -> list[Outcome]:
+        parsed = [_Parsed(item, hashlib.sha256(item.raw).hexdigest()) for item, _ in batch]
+        with self.db.transaction() as session:
+            fresh, outcomes = _drop_known(session, source, parsed)
+            for entry in fresh:
+                _normalize(entry)
+            self._classify([e for e in fresh if e.email is not None], model)
+            for entry in fresh:
+                outcomes.append(self._store(session, entry, model))
+            _save_checkpoint(session, source, batch[-1][1])
+        return outcomes
+
+    def _classify(self, entries: list[_Parsed], model: Classifier | None) -> None:
+        if model is None or not entries:
+            return
+        try:
+            results = model.predict([_classification_text(e) for e in entries])
+        except Exception:
+            log.exception("classifying a batch failed; classifying its messages one by one")
+            for entry in entries:
+                _classify_one(entry, model)
+            return
+        for entry, predictions in zip(entries, results, strict=True):
+            entry.predictions = predictions
+
+    def _store(self, session: Session, entry: _Parsed, model: Classifier | None) -> Outcome:
+        email = entry.email
+        if email is None or entry.error:
+            return _quarantine(session, entry, entry.error or "not parsed")
+        entry.route = self._route(entry)
+        message = _add_message(session, entry)
+        if entry.predictions and model is not None:
+            session.add_all(
+                Classification(
+                    message_id=message.id,
+                    axis=axis,
+                    label=p.label,
+                    confidence=p.confidence,
+                    model_version=model.version,
+                )
+                for axis, p in entry.predictions.items()
+            )
+        if entry.route.department:
+            session.add(self._forward(message, entry.route))
+        log.debug("%s classified %s -> %s", entry.item.source_id, entry.predictions, entry.route)
+        return Outcome(
+            entry.item.source_id,
+            email.sender_address,
+            email.subject,
+            "stored",
+            entry.predictions,
+            entry.route,
+        )
+
+    def _route(self, entry: _Parsed) -> Route:
+        if entry.item.truncated:
+            return self.router.review(
+                f"message of {entry.item.size} bytes is over the size limit; headers kept"
+            )
+        assert entry.email is not None
+        return self.router.route(entry.predictions, entry.email.auto_reason)
+
+    def _forward(self, message: Message, route: Route) -> Forward:
+        domain = self.config.forwarding.from_address.rpartition("@")[2]
+        return Forward(
+            message_id=message.id,
+            department=route.department,
+            to_addrs=list(route.to_addrs),
+            cc_addrs=list(route.cc_addrs),
+            urgent=route.urgent,
+            reason=route.reason,
+            rfc_message_id=make_msgid("triage", domain=domain),
+        )
+
+    def _record_success(self, name: str) -> None:
+        with self.db.transaction() as session:
+            state = _state(session, name)
+            state.last_success_at, state.error_streak, state.last_error = utcnow(), 0, None
+
+    def _record_failure(self, name: str, error: str) -> None:
+        with self.db.transaction() as session:
+            state = _state(session, name)
+            state.error_streak += 1
+            state.last_error = error
+            state.updated_at = utcnow()
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _drop_known(
+    session: Session, source: str, parsed: list[_Parsed]
+) -> tuple[list[_Parsed], list[Outcome]]:
+    """Split a batch into new items and those already stored (by index, never by scan)."""
+    keys = {entry.key for entry in parsed}
+    known = set(
+        session.scalars(
+            select(Message.content_key).where(
+                Message.source == source, Message.content_key.in_(keys)
+            )
+        )
+    )
+    fresh, outcomes = [], []
+    for entry in parsed:
+        if entry.key in known:
+            outcomes.append(Outcome(entry.item.source_id, "", "", "duplicate"))
+            continue
+        known.add(entry.key)
+        fresh.append(entry)
+    return fresh, outcomes
+
+
+def _normalize(entry: _Parsed) -> None:
+    try:
+        entry.email = parse_email(entry.item.raw)
+    except Exception as exc:  # a poison message must not block the batch
+        log.warning("%s cannot be parsed, quarantined: %s", entry.item.source_id, exc)
+        entry.error = f"{type(exc).__name__}: {exc}"
+
+
+def _classification_text(entry: _Parsed) -> str:
+    """Subject and trimmed body, joined as the training files join their text columns."""
+    assert entry.email is not None
+    return f"{entry.email.subject}\n{entry.email.text_for_classification}"
+
+
+def _classify_one(entry: _Parsed, model: Classifier) -> None:
+    try:
+        entry.predictions = model.predict([_classification_text(entry)])[0]
+    except Exception as exc:  # a poison message must not block the batch
+        log.warning("%s cannot be classified, quarantined: %s", entry.item.source_id, exc)
+        entry.error = f"classification failed: {type(exc).__name__}: {exc}"
+
+
+def _quarantine(session: Session, entry: _Parsed, error: str) -> Outcome:
+    session.add(
+        Message(
+            source=entry.item.source,
+            source_id=entry.item.source_id,
+            content_key=entry.key,
+            received_at=entry.item.received_at,
+            size=entry.item.size or len(entry.item.raw),
+            truncated=entry.item.truncated,
+            status="quarantined",
+            error=error,
+            raw=entry.item.raw,
+        )
+    )
+    return Outcome(entry.item.source_id, "", "", "quarantined", error=error)
+
+
+def _add_message(session: Session, entry: _Parsed) -> Message:
+    email, item = entry.email, entry.item
+    assert email is not None and entry.route is not None
+    customer = _customer(session, email) if email.sender_address else None
+    conversation = _conversation(session, email, customer, item) if customer else None
+    message = Message(
+        source=item.source,
+        source_id=item.source_id,
+        content_key=entry.key,
+        channel="email",
+        customer_id=customer.id if customer else None,
+        conversation_id=conversation.id if conversation else None,
+        header_message_id=email.message_id,
+        subject=email.subject,
+        body=email.body_text,
+        text=email.text_for_classification,
+        language=email.language,
+        received_at=item.received_at,
+        sent_at=email.date,
+        size=item.size or len(item.raw),
+        truncated=item.truncated,
+        auto_reason=email.auto_reason,
+        warnings=list(email.warnings),
+        status="classified" if entry.predictions else "stored",
+        routing=entry.route.reason,
+        raw=item.raw,
+    )
+    session.add(message)
+    session.flush()
+    return message
+
+
+def _customer(session: Session, email: ParsedEmail) -> Customer:
+    customer = session.scalars(
+        select(Customer).where(
+            Customer.channel == "email", Customer.address == email.sender_address
+        )
+    ).first()
+    if customer is None:
+        customer = Customer(
+            channel="email", address=email.sender_address, display_name=email.sender_name
+        )
+        session.add(customer)
+        session.flush()
+    elif email.sender_name and not customer.display_name:
+        customer.display_name = email.sender_name
+    return customer
+
+
+def _conversation(
+    session: Session, email: ParsedEmail, customer: Customer, item: RawItem
+) -> Conversation:
+    key = f"email:{email.thread_key}"
+    conversation = session.scalars(
+        select(Conversation).where(Conversation.thread_key == key)
+    ).first()
+    if conversation is None:
+        conversation = Conversation(
+            thread_key=key,
+            customer_id=customer.id,
+            subject=email.subject,
+            started_at=item.received_at,
+            last_message_at=item.received_at,
+        )
+        session.add(conversation)
+        session.flush()
+    else:
+        conversation.last_message_at = max(conversation.last_message_at, item.received_at)
+    return conversation
+
+
+def _state(session: Session, name: str) -> SourceState:
+    state = session.get(SourceState, name)
+    if state is None:
+        state = SourceState(source=name, error_streak=0)
+        session.add(state)
+    return state
+
+
+def _save_checkpoint(session: Session, name: str, checkpoint: Checkpoint) -> None:
+    state = _state(session, name)
+    state.checkpoint = dict(checkpoint)
+    state.updated_at = utcnow()

@@ -1,0 +1,122 @@
+"""Which trained model is active: recorded in the database, so every worker on every host agrees.
+
+Artifacts live on disk under ``classifier.models_dir/<version>/``; the database holds one row per
+version and marks one active. The worker asks at the start of each poll and loads a new version
+when it changes, so activating a model needs no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from classifiers.base import ModelError
+from classifiers.model import Classifier
+from triage.errors import NoActiveModel
+from triage.store.database import Database
+from triage.store.schema import ModelVersion, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """The versions known to the database, and the active one."""
+
+    def __init__(self, db: Database, models_dir: Path) -> None:
+        self.db = db
+        self.models_dir = models_dir
+
+    def register(self, classifier: Classifier, path: Path, *, activate: bool) -> None:
+        """Record a freshly saved version; activate it when asked."""
+        with self.db.transaction() as session:
+            session.merge(
+                ModelVersion(
+                    version=classifier.version,
+                    path=str(path),
+                    details=_details(classifier.metadata),
+                )
+            )
+        if activate:
+            self.activate(classifier.version)
+
+    def activate(self, version: str) -> None:
+        """Make ``version`` the one every worker uses.
+
+        Raises:
+            NoActiveModel: the version is unknown or its artifact does not load.
+        """
+        with self.db.transaction() as session:
+            row = session.get(ModelVersion, version)
+            if row is None:
+                raise NoActiveModel(f"no model version {version!r}; see `triage models list`")
+            Classifier.load(self.path_of(row))  # refuse to activate what cannot be loaded
+            session.execute(update(ModelVersion).values(active=False))
+            row.active, row.activated_at = True, utcnow()
+
+    def versions(self) -> list[ModelVersion]:
+        with self.db.session() as session:
+            return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at)))
+
+    def active(self) -> ModelVersion | None:
+        with self.db.session() as session:
+            return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+
+    def path_of(self, row: ModelVersion) -> Path:
+        """The artifact folder: under the configured models_dir, else where it was saved."""
+        local = self.models_dir / row.version
+        return local if local.exists() else Path(row.path)
+
+    def load_active(self) -> Classifier:
+        """The active classifier.
+
+        Raises:
+            NoActiveModel: none is active, or its artifact is missing, tampered or incompatible.
+        """
+        row = self.active()
+        if row is None:
+            raise NoActiveModel(
+                "no model is active; train one with `triage train --data FILE ... --activate`"
+            )
+        try:
+            return Classifier.load(self.path_of(row))
+        except ModelError as exc:
+            raise NoActiveModel(f"the active model {row.version} cannot be used: {exc}") from None
+
+
+class ActiveClassifier:
+    """Caches the loaded active model and reloads it when another version is activated."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._classifier: Classifier | None = None
+        self._problem: str | None = None
+
+    def current(self) -> Classifier | None:
+        """The active classifier, or None (messages then go to review) with the reason logged once."""
+        row = self.registry.active()
+        if (
+            self._classifier is not None
+            and row is not None
+            and row.version == self._classifier.version
+        ):
+            return self._classifier
+        try:
+            self._classifier = self.registry.load_active()
+        except NoActiveModel as exc:
+            self._classifier = None
+            if str(exc) != self._problem:
+                log.error("%s; messages are stored and sent to review meanwhile", exc)
+                self._problem = str(exc)
+            return None
+        if self._problem:
+            log.info("model %s is active again", self._classifier.version)
+        self._problem = None
+        return self._classifier
+
+
+def _details(metadata: dict[str, Any]) -> dict[str, Any]:
+    keys = ("created_at", "n_samples", "data_fingerprint", "source", "axes", "metrics")
+    return {key: metadata[key] for key in keys if key in metadata}

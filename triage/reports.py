@@ -1,0 +1,192 @@
+"""Read-only views of the store and the models, as data (for ``--json``) and as tables."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from sqlalchemy import func, select
+
+from triage.store.database import Database
+from triage.store.schema import Classification, Customer, Forward, Message, ModelVersion
+
+AXES = ("kind", "area", "urgency")
+
+
+def metrics_table(
+    metrics: Mapping[str, Mapping[str, Any]], title: str = "Quality per axis"
+) -> Table:
+    """Accuracy and macro-F1 per axis (cross-validated when it comes from training)."""
+    table = Table(title=title)
+    for column in ("axis", "accuracy", "macro-F1", "n"):
+        table.add_column(column, justify="left" if column == "axis" else "right")
+    for axis, values in metrics.items():
+        table.add_row(
+            axis,
+            f"{values.get('accuracy', 0):.3f}",
+            f"{values.get('macro_f1', 0):.3f}",
+            str(values.get("n", "")),
+        )
+    return table
+
+
+def models_table(versions: Sequence[ModelVersion]) -> Table:
+    table = Table(title="Models")
+    for column in ("", "version", "created", "samples", "data", "macro-F1 (CV)"):
+        table.add_column(column)
+    for row in versions:
+        cv = row.details.get("metrics", {}).get("cv", {})
+        scores = ", ".join(f"{axis} {m.get('macro_f1', 0):.2f}" for axis, m in cv.items())
+        table.add_row(
+            "[bold green]*[/]" if row.active else "",
+            row.version,
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            str(row.details.get("n_samples", "")),
+            str(row.details.get("source", "")),
+            scores,
+        )
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    received_at: str
+    subject: str
+    labels: dict[str, str]
+    status: str
+    routing: str
+
+
+def customer_history(db: Database, address: str, limit: int) -> list[HistoryRow]:
+    """A customer's requests (any channel identity with this address), newest first."""
+    with db.session() as session:
+        messages = session.scalars(
+            select(Message)
+            .join(Customer, Message.customer_id == Customer.id)
+            .where(func.lower(Customer.address) == address.strip().lower())
+            .order_by(Message.received_at.desc(), Message.id.desc())
+            .limit(limit)
+        ).all()
+        labels = _labels_of(session, [m.id for m in messages])
+        return [
+            HistoryRow(
+                f"{m.received_at:%Y-%m-%d %H:%M}",
+                m.subject,
+                labels.get(m.id, {}),
+                m.status,
+                m.routing,
+            )
+            for m in messages
+        ]
+
+
+def _labels_of(session: Any, message_ids: list[int]) -> dict[int, dict[str, str]]:
+    labels: dict[int, dict[str, str]] = defaultdict(dict)
+    if not message_ids:
+        return labels
+    rows = session.execute(
+        select(Classification.message_id, Classification.axis, Classification.label)
+        .where(Classification.message_id.in_(message_ids))
+        .order_by(Classification.id)
+    )
+    for message_id, axis, label in rows:
+        labels[message_id][axis] = label
+    return labels
+
+
+def history_table(address: str, rows: Sequence[HistoryRow]) -> Table:
+    table = Table(title=f"Requests from {address}")
+    for column in ("received (UTC)", "subject", *AXES, "routing"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.received_at,
+            row.subject,
+            *(row.labels.get(axis, "-") for axis in AXES),
+            row.routing or row.status,
+        )
+    return table
+
+
+def stats(db: Database) -> dict[str, Any]:
+    """Counts for ``triage stats``; the keys are a contract for scripts."""
+    with db.session() as session:
+        by_status = dict(
+            session.execute(select(Message.status, func.count()).group_by(Message.status)).all()
+        )
+        labels: dict[str, dict[str, int]] = defaultdict(dict)
+        for axis, label, count in session.execute(
+            select(Classification.axis, Classification.label, func.count())
+            .group_by(Classification.axis, Classification.label)
+            .order_by(Classification.axis, Classification.label)
+        ):
+            labels[axis][label] = count
+        forwards = dict(
+            session.execute(select(Forward.status, func.count()).group_by(Forward.status)).all()
+        )
+    return {
+        "messages": sum(by_status.values()),
+        "by_status": by_status,
+        **{f"by_{axis}": labels.get(axis, {}) for axis in AXES},
+        "by_axis": dict(labels),
+        "forwards": {status: forwards.get(status, 0) for status in ("pending", "sent", "failed")},
+        "quarantined": by_status.get("quarantined", 0),
+    }
+
+
+def stats_tables(numbers: Mapping[str, Any]) -> Group:
+    summary = Table(title="History store")
+    summary.add_column("what")
+    summary.add_column("count", justify="right")
+    summary.add_row("messages stored", str(numbers["messages"]))
+    summary.add_row("quarantined", str(numbers["quarantined"]))
+    for status, count in numbers["forwards"].items():
+        summary.add_row(f"forwards {status}", str(count))
+    tables: list[Table] = [summary]
+    for axis, counts in numbers["by_axis"].items():
+        table = Table(title=f"By {axis}")
+        table.add_column(axis)
+        table.add_column("messages", justify="right")
+        for label, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+            table.add_row(label, str(count))
+        tables.append(table)
+    return Group(*tables)
+
+
+def outbox_table(db: Database, status: str, limit: int) -> Table:
+    with db.session() as session:
+        query = select(Forward).order_by(Forward.id.desc()).limit(limit)
+        if status != "all":
+            query = query.where(Forward.status == status)
+        forwards = session.scalars(query).all()
+        table = Table(title="Outbox")
+        for column in ("id", "status", "department", "to", "attempts", "subject", "last error"):
+            table.add_column(column, overflow="fold")
+        for f in forwards:
+            table.add_row(
+                str(f.id),
+                f.status,
+                f.department + (" [red]urgent[/]" if f.urgent else ""),
+                ", ".join([*f.to_addrs, *f.cc_addrs]),
+                str(f.attempts),
+                f.message.subject,
+                f.last_error or "",
+            )
+    return table
+
+
+def quarantine_table(db: Database) -> Table:
+    with db.session() as session:
+        rows = session.scalars(
+            select(Message).where(Message.status == "quarantined").order_by(Message.id)
+        ).all()
+        table = Table(title="Quarantine")
+        for column in ("id", "source id", "size", "error"):
+            table.add_column(column, overflow="fold")
+        for m in rows:
+            table.add_row(str(m.id), m.source_id, str(m.size), m.error or "")
+    return table

@@ -1,0 +1,91 @@
+"""The router: decides where a classified message goes. It decides only; the outbox acts.
+
+Order of decisions: machine-sent mail is never forwarded (no loops with auto-replies or our own
+forwards); without a model, or when the model is unsure, the message goes to the review
+department instead of a guess; kinds that are not forwarded stop here; then an explicit rule or
+the department that owns the product area takes it. Urgent messages are marked and escalated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from classifiers.base import Prediction
+from triage.config import Config
+
+KIND, AREA, URGENCY = "kind", "area", "urgency"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a message goes. ``department`` None means recorded, not forwarded, for ``reason``."""
+
+    department: str | None
+    reason: str
+    to_addrs: tuple[str, ...] = ()
+    cc_addrs: tuple[str, ...] = ()
+    urgent: bool = False
+
+
+class Router:
+    """A pure mapping from labels to departments, built from config."""
+
+    def __init__(self, config: Config) -> None:
+        self.routing = config.routing
+        self.emails = {d.name: d.email for d in config.departments}
+        self.owners = {area: d.name for d in config.departments for area in d.areas}
+        self.redirect = config.forwarding.redirect_all_to
+
+    def route(self, predictions: Mapping[str, Prediction] | None, auto_reason: str | None) -> Route:
+        """Decide the department for one message.
+
+        Args:
+            predictions: the model's answer per axis; None when no model is active.
+            auto_reason: why the message is machine-sent (auto-reply, bulk, our own forward).
+        """
+        if auto_reason:
+            return Route(None, f"not forwarded: machine-sent ({auto_reason})")
+        if predictions is None:
+            return self.review("no active model")
+        urgent = self._is_urgent(predictions.get(URGENCY))
+        kind = predictions.get(KIND)
+        if kind is None:
+            return self.review("the model has no 'kind' axis", urgent)
+        if kind.confidence < self.routing.min_confidence:
+            return self.review(f"low confidence: kind {kind.label} {kind.confidence:.2f}", urgent)
+        if kind.label not in self.routing.forward_kinds:
+            return Route(None, f"not forwarded: {kind.label} is not a forwarded kind")
+        area = predictions.get(AREA)
+        if area is not None and area.confidence < self.routing.min_confidence:
+            return self.review(f"low confidence: area {area.label} {area.confidence:.2f}", urgent)
+        department, why = self._department(kind.label, area.label if area else None)
+        if department is None:
+            return self.review(why, urgent)
+        return self._send(department, f"forwarded to {department} ({why})", urgent)
+
+    def _is_urgent(self, urgency: Prediction | None) -> bool:
+        return urgency is not None and urgency.label in self.routing.urgent_labels
+
+    def _department(self, kind: str, area: str | None) -> tuple[str | None, str]:
+        for rule in self.routing.rules:
+            if rule.kind in (None, kind) and rule.area in (None, area):
+                return rule.department, f"rule {rule.kind or '*'}/{rule.area or '*'}"
+        if area is not None and area in self.owners:
+            return self.owners[area], f"owns {area}"
+        return None, f"no department owns area {area!r}"
+
+    def review(self, why: str, urgent: bool = False) -> Route:
+        """Send to the review department (or record only, when none is configured)."""
+        review = self.routing.review_department
+        if review is None:
+            return Route(None, f"not forwarded: {why}; no review department configured")
+        return self._send(review, f"sent to review ({why})", urgent)
+
+    def _send(self, department: str, reason: str, urgent: bool) -> Route:
+        to = (self.redirect or self.emails[department],)
+        escalation = self.routing.escalation_email if urgent else None
+        cc = (self.redirect or escalation,) if escalation else ()
+        if urgent:
+            reason += ", escalated as urgent"
+        return Route(department, reason, to, cc, urgent)

@@ -1,0 +1,137 @@
+"""The worker: one APScheduler job per source plus one that flushes the outbox.
+
+``run_once`` does one pass over every source and one flush, which is what ``triage run --once``
+and the tests call; ``serve`` runs the same jobs on a schedule until SIGTERM or SIGINT, then
+finishes the batch in hand (a warm stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from triage.config import Config
+from triage.forwarding import FlushResult, Forwarder, make_transport
+from triage.pipeline import Pipeline, PollResult
+from triage.registry import ActiveClassifier, ModelRegistry
+from triage.routing import Router
+from triage.sources import make_connector
+from triage.store.database import Database
+
+log = logging.getLogger(__name__)
+
+OUTBOX_JOB = "flush-outbox"
+
+
+@dataclass
+class PassResult:
+    """What one pass over every source did."""
+
+    polls: list[PollResult] = field(default_factory=list)
+    outbox: FlushResult = field(default_factory=FlushResult)
+
+
+class Worker:
+    """Everything one process needs: the database, the model, the pipeline and the forwarder."""
+
+    def __init__(self, config: Config, db: Database | None = None) -> None:
+        self.config = config
+        self.db = db or Database(config.database.url)
+        self.registry = ModelRegistry(self.db, config.classifier.models_dir)
+        self.pipeline = Pipeline(self.db, config, Router(config), ActiveClassifier(self.registry))
+        self.forwarder = Forwarder(self.db, config, make_transport(config))
+        self._flush_lock = threading.Lock()
+
+    def poll(self, name: str) -> PollResult:
+        """One poll of the source called ``name``."""
+        source = self.config.source(name)
+        return self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
+
+    def flush_outbox(self) -> FlushResult:
+        """Deliver what is due; one flush at a time in this process."""
+        with self._flush_lock:
+            return self.forwarder.flush()
+
+    def run_once(self) -> PassResult:
+        """Poll every source once, then flush the outbox."""
+        result = PassResult()
+        for source in self.config.sources:
+            result.polls.append(self.poll(source.name))
+        result.outbox = self.flush_outbox()
+        return result
+
+    def serve(self) -> None:
+        """Run the jobs on their schedules until SIGTERM/SIGINT."""
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max(2, len(self.config.sources) + 1))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone="UTC",
+        )
+        for source in self.config.sources:
+            interval = source.poll_interval or self.config.schedule.poll_interval
+            scheduler.add_job(
+                self.poll,
+                "interval",
+                args=[source.name],
+                seconds=interval,
+                id=f"poll:{source.name}",
+                misfire_grace_time=int(interval),
+                next_run_time=_now(),
+            )
+        outbox = self.config.schedule.outbox_interval
+        scheduler.add_job(
+            self.flush_outbox,
+            "interval",
+            seconds=outbox,
+            id=OUTBOX_JOB,
+            misfire_grace_time=int(outbox),
+            next_run_time=_now(),
+        )
+        scheduler.add_listener(
+            _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
+        )
+        stop = threading.Event()
+
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info(
+                "%s received: finishing the batch in hand, then stopping",
+                signal.Signals(signum).name,
+            )
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        scheduler.start()
+        log.info(
+            "worker started: %d source(s), outbox every %g s", len(self.config.sources), outbox
+        )
+        stop.wait()
+        scheduler.shutdown(wait=True)
+        self.db.dispose()
+        log.info("worker stopped")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _log_job_problem(event: JobExecutionEvent) -> None:
+    if event.code == EVENT_JOB_ERROR:
+        log.error("job %s crashed: %s", event.job_id, event.exception, exc_info=event.exception)
+    elif event.code == EVENT_JOB_MISSED:
+        log.warning("job %s missed its run time (the worker was busy or suspended)", event.job_id)
+    else:
+        log.warning("job %s is still running; this run was skipped", event.job_id)

@@ -1,0 +1,3 @@
+"""One module per schema revision."""
+
+from __future__ import annotations
