@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 from triage.normalize import parse_email
 
-# ruff: noqa: RUF001
-
 UK_SENTENCES = [
     "Доброго дня, прошу повернути кошти за замовлення.",
     "Товар прийшов пошкоджений, упаковка розірвана.",

@@ -19,9 +19,6 @@ from triage.normalize import (
     trim_for_classification,
 )
 
-# Ukrainian text in these tests is intended, not look-alike Latin letters.
-# ruff: noqa: RUF001
-
 UK_TEXT = (
     "Доброго дня! Прошу повернути кошти за замовлення 4512, товар прийшов пошкоджений. "
     "Їжак на упаковці, ґудзик відірваний, є подряпини."
@@ -105,6 +102,18 @@ def test_koi8u_base64_body_with_rfc2047_koi8u_subject_and_display_name() -> None
     assert parsed.warnings == ()
 
 
+def test_quoted_encoded_word_display_name_and_control_chars() -> None:
+    raw = make(
+        b"body\x00 text",
+        sender=f'"{b_word("Коваль, Олена", "utf-8")}" <Olena@X.UA>',
+        subject="=?utf-8?Q?Null=00byte?=",
+    )
+    parsed = parse_email(raw)
+    assert (parsed.sender_name, parsed.sender_address) == ("Коваль, Олена", "olena@x.ua")
+    assert parsed.subject == "Nullbyte"
+    assert parsed.body_text == "body text"
+
+
 def test_quoted_printable_cp1251_and_folded_multiword_subject() -> None:
     subject = f"{b_word('Повернення', 'windows-1251')}\r\n {b_word(' коштів', 'windows-1251')}"
     raw = make(
@@ -133,6 +142,30 @@ def test_koi8_bytes_declared_as_cp1251_are_redecoded() -> None:
     assert any("koi8_u" in w for w in parsed.warnings)
 
 
+def test_cp1251_bytes_declared_utf8_are_redecoded() -> None:
+    parsed = parse_email(make(UK_TEXT.encode("cp1251"), content_type="text/plain; charset=utf-8"))
+    assert parsed.body_text == UK_TEXT
+    assert parsed.warnings == (
+        "part declared charset 'utf-8' does not match its bytes; decoded as cp1251",
+    )
+
+
+def test_utf8_with_a_few_bad_bytes_keeps_utf8() -> None:
+    data = UK_TEXT.encode() + b" \xff end"
+    parsed = parse_email(make(data, content_type="text/plain; charset=utf-8"))
+    assert parsed.body_text == UK_TEXT + " \ufffd end"
+    assert parsed.warnings == (
+        "part declared charset 'utf-8' does not match its bytes; 1 invalid byte sequence(s) replaced",
+    )
+
+
+def test_ascii_declared_utf16_is_not_decoded_as_utf16() -> None:
+    parsed = parse_email(make(b"Plain ASCII text!", content_type="text/plain; charset=utf-16"))
+    assert parsed.body_text == "Plain ASCII text!"
+    real = "Привіт".encode("utf-16")
+    assert parse_email(make(real, content_type="text/plain; charset=utf-16")).body_text == "Привіт"
+
+
 def test_utf8_bytes_declared_latin1_are_redecoded() -> None:
     text = "Café déjà vu — Привіт"
     parsed = parse_email(make(text.encode("utf-8"), content_type="text/plain; charset=iso-8859-1"))
@@ -153,6 +186,33 @@ def test_missing_charset_with_utf8_bytes() -> None:
     parsed = parse_email(make(UK_TEXT.encode("utf-8"), content_type="text/plain"))
     assert parsed.body_text == UK_TEXT
     assert parsed.warnings == ("part has 8-bit bytes but no declared charset; decoded as utf-8",)
+
+
+@pytest.mark.parametrize(
+    ("text", "codec"),
+    [
+        ("ЗАЯВА НА ПОВЕРНЕННЯ КОШТІВ", "cp1251"),
+        ("ЗАЯВА НА ПОВЕРНЕННЯ КОШТІВ", "koi8_u"),
+        ("Дякую", "cp1251"),
+        ("Дякую", "koi8_u"),
+        ("ні", "koi8_u"),  # also valid UTF-8 ("Φ"), which must not win
+        ("Здравствуйте, вы отправили не тот товар.", "koi8_u"),
+        ("Café crème, naïve résumé, Müller", "cp1252"),
+    ],
+)
+def test_undeclared_8bit_text_is_detected(text: str, codec: str) -> None:
+    warnings: list[str] = []
+    assert decode_bytes(text.encode(codec), None, warnings) == text
+    assert warnings == [f"part has 8-bit bytes but no declared charset; decoded as {codec}"]
+
+
+@pytest.mark.parametrize("codec", ["cp1251", "koi8_u"])
+def test_correct_cyrillic_labels_are_trusted(codec: str) -> None:
+    for text in ("ЗАЯВА НА ПОВЕРНЕННЯ КОШТІВ", "ДЯКУЮ ЧЕКАЮ НЕ", "ні", "Дякую", UK_TEXT):
+        warnings: list[str] = []
+        label = "windows-1251" if codec == "cp1251" else "koi8-u"
+        assert decode_bytes(text.encode(codec), label, warnings) == text
+        assert warnings == []
 
 
 def test_missing_content_type_with_cp1251_bytes() -> None:
@@ -192,6 +252,7 @@ def test_unknown_charset_in_header_word_and_raw_8bit_header() -> None:
         ("ks_c_5601-1987", "한국어".encode("cp949"), "한국어"),
         ("iso-8859-8-i", "שלום".encode("iso8859_8"), "שלום"),
         ('"UTF-8"', "ü".encode(), "ü"),
+        ("koi8-r", "Їжак і єнот".encode("koi8_u"), "Їжак і єнот"),  # Ukrainian in a KOI8-R client
     ],
 )
 def test_charset_aliases(declared: str, data: bytes, expected: str) -> None:
@@ -245,6 +306,21 @@ def test_html_blockquote_becomes_quote_and_is_trimmed() -> None:
     parsed = parse_email(make(markup.encode(), content_type="text/html; charset=utf-8"))
     assert "> Have you tried restarting it?" in parsed.body_text
     assert parsed.text_for_classification == "Still broken, please call me."
+
+
+def test_outlook_html_reply_history_trimmed() -> None:
+    markup = (
+        "<html><head><style><!-- p.MsoNormal {margin:0cm;} --></style>"
+        "<!--[if gte mso 9]><xml><o:shapedefaults /></xml><![endif]--></head><body>"
+        "<p class=MsoNormal>Рахунок досі не оплачено.<o:p></o:p></p>"
+        "<p class=MsoNormal><![if !supportLists]>1.<![endif]> Перевірте, будь ласка.</p>"
+        "<div style='border-top:solid #E1E1E1 1.0pt'><p class=MsoNormal><b>Від:</b> Підтримка "
+        "&lt;support@x.ua&gt;<br><b>Надіслано:</b> 1 січня 2024 р. 10:00<br><b>Кому:</b> Іван"
+        "<br><b>Тема:</b> Рахунок</p></div><p class=MsoNormal>Старий текст</p></body></html>"
+    )
+    parsed = parse_email(make(markup.encode(), content_type="text/html; charset=utf-8"))
+    assert "Від: Підтримка <support@x.ua>\nНадіслано:" in parsed.body_text
+    assert parsed.text_for_classification == "Рахунок досі не оплачено. 1. Перевірте, будь ласка."
 
 
 def test_broken_html_does_not_raise() -> None:
@@ -447,6 +523,15 @@ def test_gmail_forward_keeps_content_and_drops_forward_headers() -> None:
     )
 
 
+def test_forwarder_signature_does_not_swallow_the_forwarded_mail() -> None:
+    body = (
+        "FYI, see below.\n-- \nJohn, ACME\n\n"
+        "---------- Forwarded message ---------\nFrom: Petro <p@x.ua>\nSubject: Broken\n\n"
+        "The screen cracked.\n\nBest regards,\nPetro\n"
+    )
+    assert trim_for_classification(body) == "FYI, see below. The screen cracked."
+
+
 def test_ukrainian_and_outlook_forwards_keep_content() -> None:
     body = (
         "---------- Пересланий лист ---------\nВід: Петро <p@x.ua>\nDate: пн, 1 січ. 2024 р.\n"
@@ -609,6 +694,50 @@ def test_random_binary_does_not_raise() -> None:
             raw = bytes(rng.getrandbits(8) for _ in range(size))
             if raw.strip():
                 assert_well_formed(parse_email(raw))
+
+
+def test_mutated_messages_do_not_raise() -> None:
+    """Seeded byte-level fuzzing of realistic messages: flips, cuts and MIME/RFC 2047 debris."""
+    ctype, body = multipart(
+        "mixed",
+        [
+            part(UK_TEXT.encode("cp1251"), "text/plain; charset*=utf-8''windows-1251"),
+            part(b"<p>x</p>", "text/html", "Content-Transfer-Encoding: quoted-printable"),
+            part(b"AAAA", 'image/png; name="=?koi8-u?B?8NLJ?=.png"'),
+        ],
+    )
+    seeds = [
+        make(body, content_type=ctype, subject=b_word("Тема", "koi8-u")),
+        make(base64.encodebytes(UK_TEXT.encode("koi8_u")), cte="base64"),
+    ]
+    debris = [b"=?", b"?=", b"=?x?b?", b"\xff", b"\x00", b"--BOUNDARY\n", b"*=", b"<![", b"\n"]
+    rng = random.Random(7)
+    for _ in range(400):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[pos] = rng.randrange(256)
+            elif choice < 0.8:
+                data[pos:pos] = rng.choice(debris)
+            else:
+                del data[pos : pos + rng.randint(1, 40)]
+        if bytes(data).strip():
+            assert_well_formed(parse_email(bytes(data)))
+
+
+def test_hostile_mime_nesting_keeps_headers() -> None:
+    depth = 1500
+    lines = [b"From: a@b.example\nSubject: deep\nContent-Type: multipart/mixed; boundary=b0\n"]
+    for i in range(1, depth):
+        lines.append(f"--b{i - 1}\nContent-Type: multipart/mixed; boundary=b{i}\n".encode())
+    lines.append(f"--b{depth - 1}\nContent-Type: text/plain\n\nhello\n".encode())
+    parsed = parse_email(b"\n".join(lines))
+    assert parsed.subject == "deep"
+    assert parsed.sender_address == "a@b.example"
+    assert parsed.body_text == ""
+    assert any("nesting" in w for w in parsed.warnings)
 
 
 def test_headers_only_and_body_only_inputs() -> None:

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header, decode_header
 from email.message import Message
+from email.parser import BytesParser
 from functools import lru_cache
 from html.parser import HTMLParser
+from operator import mul
 
 from charset_normalizer import from_bytes as _detect_charset
-
-# Ukrainian and Russian words in patterns are intended, not look-alike Latin letters.
-# ruff: noqa: RUF001
 
 __all__ = [
     "NormalizationError",
@@ -47,21 +46,21 @@ class NormalizationError(Exception):
 class ParsedEmail:
     """One email reduced to what classification and forwarding need."""
 
-    message_id: str | None
+    message_id: str | None  # with angle brackets, as in the header
     in_reply_to: str | None
     references: tuple[str, ...]
-    thread_key: str
-    sender_address: str
-    sender_name: str
-    subject: str
-    date: datetime | None
-    body_text: str
-    text_for_classification: str
-    auto_reason: str | None
-    attachments: tuple[str, ...]
+    thread_key: str  # first Reference, In-Reply-To, own Message-ID, else "sha256:..."
+    sender_address: str  # lowercased; From, else Sender, else Return-Path; "" if none
+    sender_name: str  # decoded display name, "" if none
+    subject: str  # RFC 2047 decoded, whitespace folded
+    date: datetime | None  # tz-aware (UTC when the header had no zone)
+    body_text: str  # plain text preferred, else HTML as text; attachments excluded
+    text_for_classification: str  # body without quotes/history/signature, one line
+    auto_reason: str | None  # why this is machine mail that must never be forwarded
+    attachments: tuple[str, ...]  # decoded filenames; "(unnamed type/subtype)" if nameless
     html_only: bool
-    warnings: tuple[str, ...]
-    language: str
+    warnings: tuple[str, ...]  # decoding problems met and how they were resolved
+    language: str  # "uk", "ru", "en" or "und"
 
 
 # --------------------------------------------------------------------------- charsets
@@ -84,11 +83,15 @@ _ALIASES: dict[str, str] = {
     "x-cp1252": "cp1252",
     "cp-1250": "cp1250",
     "win-1250": "cp1250",
+    # KOI8-U is KOI8-R plus Ukrainian letters where KOI8-R has box drawing: Ukrainian
+    # written in a client set to KOI8-R decodes right, Russian loses nothing.
     "koi8u": "koi8_u",
     "koi8-u": "koi8_u",
     "koi8-ru": "koi8_u",
-    "koi8r": "koi8_r",
-    "koi8": "koi8_r",
+    "koi8-r": "koi8_u",
+    "koi8r": "koi8_u",
+    "koi8": "koi8_u",
+    "cskoi8r": "koi8_u",
     "x-mac-cyrillic": "mac_cyrillic",
     "x-mac-ukrainian": "mac_cyrillic",
     "mac-cyrillic": "mac_cyrillic",
@@ -128,50 +131,53 @@ _REFUSED = frozenset(
 
 # Single-byte Latin charsets that Cyrillic or UTF-8 bytes are wrongly declared as.
 _LATIN = frozenset(
-    {
-        "ascii",
-        "iso8859-1",
-        "cp1252",
-        "iso8859-15",
-        "iso8859-2",
-        "cp1250",
-        "iso8859-9",
-        "cp1254",
-        "iso8859-13",
-        "cp1257",
-        "iso8859-3",
-        "iso8859-4",
-        "iso8859-10",
-        "iso8859-14",
-        "iso8859-16",
-        "mac-roman",
-        "cp437",
-        "cp850",
-    }
+    "ascii iso8859-1 cp1252 iso8859-15 iso8859-2 cp1250 iso8859-9 cp1254 iso8859-13 cp1257"
+    " iso8859-3 iso8859-4 iso8859-10 iso8859-14 iso8859-16 mac-roman cp437 cp850".split()
 )
 _CYRILLIC_PAIR = frozenset({"cp1251", "koi8-u", "koi8-r"})
 _SINGLE_BYTE = _LATIN | _CYRILLIC_PAIR | {"iso8859-5", "mac-cyrillic", "cp866"}
 _STATEFUL_PREFIXES = ("utf-7", "iso2022", "hz")
+_WIDE_PREFIXES = ("utf-16", "utf-32")
+_CTRL_BYTES_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
-# Candidates for charset-normalizer once UTF-8 and the cheap Cyrillic guess have failed.
-_DETECT_CANDIDATES = [
-    "cp1251",
-    "koi8_u",
-    "cp1252",
-    "iso8859_5",
-    "mac_cyrillic",
-    "cp866",
-    "gb18030",
-    "cp932",
-    "cp949",
-    "big5",
-    "iso8859_7",
-]
+# Candidates for charset-normalizer once UTF-8 and the cheap Cyrillic guess have failed:
+# only what Ukrainian and English mail is written in (a wider list mistakes short
+# Cyrillic for CJK, and CJK mail is not ours to classify).
+_DETECT_CANDIDATES = ["cp1251", "koi8_u", "cp1252", "mac_cyrillic", "iso8859_5"]
 _DETECT_SAMPLE = 65536
 
+_CHARSET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._:()+-]{0,39}")
 _HIGH_BYTES = bytes(range(128, 256))
+# Non-ASCII beyond Latin-1, Cyrillic, punctuation, symbols and emoji: suspicious when short.
+_IMPLAUSIBLE_RE = re.compile(
+    "[^\x00-\x7f\u00a0-\u00ff\u0400-\u045f\u0490\u0491\u2000-\u206f\u20ac\u2116"
+    "\u2122\u2190-\u21ff\u2500-\u27bf\U0001f000-\U0001faff]"
+)
 _HIGH_RUN_RE = re.compile(rb"[\x80-\xff]{2,}")
-_UK_RU_VOWELS = "аеиіоуяюєїыэё"
+_ACCENT_IN_WORD_RE = re.compile(rb"[A-Za-z][\x80-\xff]|[\x80-\xff](?=[A-Za-z])")
+# Rough letter frequencies (%) of Ukrainian/Russian text: a right decode is made of common
+# letters; cp1251 read as KOI8 (or back) is a permutation heavy in rare ones.
+_CYR_FREQ = {
+    "о": 9.5, "а": 8.0, "е": 7.0, "н": 6.5, "и": 6.0, "т": 5.5, "і": 5.0, "в": 4.5, "р": 4.5,
+    "с": 4.5, "л": 4.0, "к": 3.5, "у": 3.0, "д": 3.0, "п": 2.8, "м": 2.8, "я": 2.0, "з": 2.0,
+    "ы": 1.9, "ь": 1.8, "б": 1.6, "г": 1.5, "ч": 1.3, "х": 1.0, "й": 1.0, "ж": 0.8, "ш": 0.7,
+    "ю": 0.6, "ц": 0.6, "ї": 0.6, "є": 0.5, "щ": 0.4, "ф": 0.3, "э": 0.3, "ё": 0.1, "ъ": 0.05,
+    "ґ": 0.05,
+}  # fmt: skip
+_CYR_LETTERS = tuple(_CYR_FREQ)
+_CYR_WEIGHTS = tuple(_CYR_FREQ.values())
+# Common Ukrainian/Russian bigrams (grouped by first letter, which is faster for re):
+# frequent in a right decode, rare in the permuted one.
+_CYR_BIGRAM_RE = re.compile(
+    "с[тя]|н[аеиояі]|п[ор]|р[аеио]|к[аиоу]|т[еиоуьі]|е[лмнр]|о[вдлмрсю]|го|в[аеиі]|а[лнт]"
+    "|л[аеи]|и[йнт]|ми|д[аеиоуі]|ую|з[аі]|ці|хо|що|ч[аеи]|ж[еи]"
+)
+# The wrong decode also flips case: "Привіт" becomes "пРИВ¦Т"; lower->upper inside a word.
+_CASE_FLIP_RE = re.compile(r"[а-яёіїєґ][А-ЯЁІЇЄҐ]")
+_SCORE_SAMPLE = 8192
+_CYR_MIN_SCORE = 2.0
+_CYR_SWITCH_MARGIN = 1.0
+_CYR_SWITCH_MIN_LETTERS = 8
 _META_CHARSET_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([\w.:-]{2,40})""", re.I)
 
 
@@ -179,17 +185,17 @@ _META_CHARSET_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([\w.:
 def _resolve_charset(declared: str) -> str | None:
     """Map a declared charset to a Python codec name, or None when it is bogus/unknown."""
     name = declared.strip().strip("\"'").strip().lower().split("*", 1)[0]
-    if name in _BOGUS:
+    if name in _BOGUS or not _CHARSET_NAME_RE.fullmatch(name):
         return None
     name = _ALIASES.get(name, name)
-    try:
-        info = codecs.lookup(name)
-    except LookupError:
+    info = None
+    for candidate in (name, re.sub(r"[^a-z0-9]+", "", name)):
         try:
-            info = codecs.lookup(re.sub(r"[^a-z0-9]+", "", name))
+            info = codecs.lookup(candidate)
+            break
         except LookupError:
-            return None
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:
+            continue
+    if info is None or not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:
         return None
     return info.name
 
@@ -207,28 +213,37 @@ def _ascii_compatible(codec: str) -> bool:
 
 
 def _is_utf8(data: bytes) -> bool:
-    """True when the bytes are valid UTF-8 (real 8-bit Latin/Cyrillic text almost never is)."""
+    """True when the bytes are valid UTF-8 text that our mail could contain.
+
+    Real 8-bit Cyrillic/Latin text is almost never valid UTF-8, but a word or two can be
+    ("ні" in KOI8-U is UTF-8 "Φ"), so short results must also be plausible characters.
+    """
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
+    return len(data) - len(text) >= 8 or not _IMPLAUSIBLE_RE.search(text)
 
 
 def _high_count(data: bytes) -> int:
     return len(data) - len(data.translate(None, _HIGH_BYTES))
 
 
-def _cyrillic_score(text: str) -> float:
-    """Share of lowercase Ukrainian/Russian vowels among non-ASCII chars.
+def _cyrillic_score(data: bytes, codec: str) -> float:
+    """How much ``data`` decoded with ``codec`` looks like Ukrainian/Russian text.
 
-    A right decode scores ~0.35-0.45; cp1251 read as KOI8 (or back) turns lowercase
-    into uppercase letters, so the wrong candidate scores near 0.
+    Per non-ASCII char: mean letter frequency (right decode ~4.5-6, wrong one ~2-4, in
+    either letter case), plus common bigrams, minus case flips inside words.
     """
+    text = data[:_SCORE_SAMPLE].decode(codec, "replace")
     non_ascii = len(text) - len(text.encode("ascii", "ignore"))
     if not non_ascii:
         return 0.0
-    return sum(map(text.count, _UK_RU_VOWELS)) / non_ascii
+    low = text.lower()
+    freq = sum(map(mul, map(low.count, _CYR_LETTERS), _CYR_WEIGHTS))
+    bigrams = len(_CYR_BIGRAM_RE.findall(low))
+    flips = len(_CASE_FLIP_RE.findall(text))
+    return (freq + 10 * bigrams - 15 * flips) / non_ascii
 
 
 def _guess_cyrillic(data: bytes) -> str | None:
@@ -246,10 +261,10 @@ def _guess_cyrillic(data: bytes) -> str | None:
         return None
     best, best_score = None, 0.0
     for codec in ("cp1251", "koi8_u"):
-        score = _cyrillic_score(sample.decode(codec, "replace"))
+        score = _cyrillic_score(sample, codec)
         if score > best_score:
             best, best_score = codec, score
-    return best if best_score >= 0.15 else None
+    return best if best_score >= _CYR_MIN_SCORE else None
 
 
 def _charset_normalizer(data: bytes) -> str | None:
@@ -261,12 +276,22 @@ def _charset_normalizer(data: bytes) -> str | None:
     return match.encoding if match is not None else None
 
 
+def _looks_western(data: bytes) -> bool:
+    """High bytes mostly glued to ASCII letters ("café", "Müller"): a Latin-1 family text."""
+    sample = data[:_DETECT_SAMPLE]
+    return len(_ACCENT_IN_WORD_RE.findall(sample)) * 2 >= _high_count(sample)
+
+
 def _detect(data: bytes, warnings: list[str], problem: str) -> str:
-    """Decode bytes whose charset is unknown: UTF-8, Cyrillic guess, detector, cp1252."""
+    """Decode bytes whose charset is unknown: UTF-8, Cyrillic, Western, detector, cp1252."""
     if _is_utf8(data):
         codec = "utf-8"
+    elif (cyrillic := _guess_cyrillic(data)) is not None:
+        codec = cyrillic
+    elif _looks_western(data):
+        codec = "cp1252"
     else:
-        codec = _guess_cyrillic(data) or _charset_normalizer(data) or "cp1252"
+        codec = _charset_normalizer(data) or "cp1252"
     warnings.append(f"{problem}; decoded as {codec}")
     return data.decode(codec, "replace")
 
@@ -279,7 +304,10 @@ def _decode_mismatch(
     if codec != "utf-8" and _is_utf8(data):
         warnings.append(f"{problem}; decoded as utf-8")
         return data.decode("utf-8")
-    text = data.decode(codec, "replace")
+    try:
+        text = data.decode(codec, "replace")
+    except (ValueError, LookupError):  # codecs that fail even with errors="replace"
+        return _detect(data, warnings, problem)
     bad = text.count("\ufffd")
     if bad * 20 <= max(1, _high_count(data)):
         warnings.append(f"{problem}; {bad} invalid byte sequence(s) replaced")
@@ -300,12 +328,11 @@ def _recheck_single_byte(
         if cyr is not None:
             warnings.append(f"{problem} (Cyrillic mojibake); decoded as {cyr}")
             return data.decode(cyr, "replace")
-    elif codec in _CYRILLIC_PAIR:
+    elif codec in _CYRILLIC_PAIR and _high_count(data) >= _CYR_SWITCH_MIN_LETTERS:
+        # Short texts are too noisy to overrule their label.
         other = "koi8_u" if codec == "cp1251" else "cp1251"
-        sample = data[:_DETECT_SAMPLE]
-        mine = _cyrillic_score(sample.decode(codec, "replace"))
-        theirs = _cyrillic_score(sample.decode(other, "replace"))
-        if mine < 0.15 and theirs >= mine + 0.2:
+        theirs = _cyrillic_score(data, other)
+        if theirs >= _CYR_MIN_SCORE and theirs >= _cyrillic_score(data, codec) + _CYR_SWITCH_MARGIN:
             warnings.append(f"{problem} (Cyrillic mojibake); decoded as {other}")
             return data.decode(other, "replace")
     return text
@@ -321,9 +348,12 @@ def decode_bytes(
     """
     codec = _resolve_charset(declared) if declared else None
     if codec is not None and not _ascii_compatible(codec):
+        if codec.startswith(_WIDE_PREFIXES) and data.isascii() and not _CTRL_BYTES_RE.search(data):
+            # UTF-16/32 of any alphabet has NUL or control bytes; plain text has none.
+            return _detect(data, warnings, f"{where} declared charset {declared!r} is wrong")
         try:
             return data.decode(codec)
-        except UnicodeDecodeError:
+        except ValueError:
             return _decode_mismatch(data, codec, declared or "", warnings, where)
     if data.isascii():
         return data.decode("ascii")
@@ -337,7 +367,7 @@ def decode_bytes(
         return _detect(data, warnings, problem)
     try:
         text = data.decode(codec)
-    except UnicodeDecodeError:
+    except ValueError:
         return _decode_mismatch(data, codec, declared or "", warnings, where)
     if codec in _SINGLE_BYTE:
         return _recheck_single_byte(data, text, codec, declared or "", warnings, where)
@@ -347,6 +377,8 @@ def decode_bytes(
 # --------------------------------------------------------------------------- headers
 
 _WS_RE = re.compile(r"\s+")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATES_RE = re.compile("[\ud800-\udfff]")
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
 _ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*", re.ASCII)
 _SUBJECT_PREFIX_RE = re.compile(
@@ -359,6 +391,12 @@ _FORWARD_SUBJECT_RE = re.compile(r"^\s*(?:fwd?|wg|tr|пересл\w*)\s*:", re.I
 
 def _fold(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
+
+
+def _sanitize(text: str) -> str:
+    """Drop control chars (NUL breaks PostgreSQL) and any lone surrogate (breaks UTF-8)."""
+    text = _CONTROL_RE.sub("", text)
+    return _SURROGATES_RE.sub("\ufffd", text) if _SURROGATES_RE.search(text) else text
 
 
 def _header_text(value: str | Header) -> str:
@@ -377,7 +415,7 @@ def _decode_words(value: str | Header | None, warnings: list[str], where: str) -
         return ""
     text = _header_text(value)
     if text.isascii() and "=?" not in text:
-        return _fold(text)
+        return _fold(_sanitize(text))
     try:
         parts = decode_header(text)
     except Exception:  # malformed encoded words: keep the raw text
@@ -390,13 +428,24 @@ def _decode_words(value: str | Header | None, warnings: list[str], where: str) -
                 continue
             chunk = chunk.encode("latin-1", "replace")
         out.append(decode_bytes(chunk, charset, warnings, where))
-    return _fold("".join(out))
+    return _fold(_sanitize("".join(out)))
 
 
-def _raw(msg: Message, name: str) -> str | None:
+_HeaderMap = dict[str, str | Header]
+
+
+def _header_map(msg: Message) -> _HeaderMap:
+    """First value of each header by lowercase name: one pass instead of ~30 msg.get scans."""
+    first: _HeaderMap = {}
+    for name, value in msg.items():
+        first.setdefault(name.lower(), value)
+    return first
+
+
+def _raw(headers: _HeaderMap, name: str) -> str | None:
     """Undecoded header value (first occurrence) as str, or None when absent."""
-    value = msg.get(name)
-    return None if value is None else _header_text(value)
+    value = headers.get(name)
+    return None if value is None else _CONTROL_RE.sub("", _header_text(value))
 
 
 def _first_msgid(value: str | None) -> str | None:
@@ -427,18 +476,18 @@ def _parse_address(value: str | Header | None, warnings: list[str], where: str) 
     else:  # raw 8-bit header: decode the whole line, then parse
         text = _decode_words(value, warnings, where)
         name, addr = email.utils.parseaddr(text)
-        name = _fold(name)
+        name = _fold(_sanitize(name))
     if "@" not in addr:
         match = _ADDR_RE.search(text)
         addr = match.group(0) if match else ""
     return name, addr.strip().lower()
 
 
-def _sender(msg: Message, warnings: list[str]) -> tuple[str, str]:
+def _sender(headers: _HeaderMap, warnings: list[str]) -> tuple[str, str]:
     """From, falling back to Sender then Return-Path for the address."""
     first_name = ""
     for header in ("From", "Sender", "Return-Path"):
-        name, addr = _parse_address(msg.get(header), warnings, f"header {header}")
+        name, addr = _parse_address(headers.get(header.lower()), warnings, f"header {header}")
         first_name = first_name or name
         if addr:
             return name or first_name, addr
@@ -496,29 +545,31 @@ _AUTOISH_SUBJECT_RE = re.compile(
 _AUTO_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
 
 
-def _auto_reason(msg: Message, subject: str, sender_address: str) -> str | None:
+def _auto_reason(
+    headers: _HeaderMap, content_type: str, subject: str, sender_address: str
+) -> str | None:
     """Why this message is machine-sent and must never be forwarded; None for a human."""
-    if msg.get("X-Triage-Forward") is not None:
+    if "x-triage-forward" in headers:
         return "X-Triage-Forward header (our own forward)"
-    return_path = _raw(msg, "Return-Path")
+    return_path = _raw(headers, "return-path")
     if return_path is not None and _WS_RE.sub("", return_path) == "<>":
         return "null sender (Return-Path <>)"
-    if msg.get_content_type() == "multipart/report":
+    if content_type == "multipart/report":
         return "Content-Type multipart/report (delivery or read report)"
-    auto_submitted = (_raw(msg, "Auto-Submitted") or "").split(";")[0].strip().lower()
+    auto_submitted = (_raw(headers, "auto-submitted") or "").split(";")[0].strip().lower()
     if auto_submitted and auto_submitted != "no":
         return f"Auto-Submitted: {auto_submitted}"
-    precedence = (_raw(msg, "Precedence") or "").strip().lower()
+    precedence = (_raw(headers, "precedence") or "").strip().lower()
     if precedence in _AUTO_PRECEDENCE:
         return f"Precedence: {precedence}"
     for header in ("X-Autoreply", "X-Autorespond", "X-Autogenerated"):
-        if msg.get(header) is not None:
+        if header.lower() in headers:
             return f"{header} header"
-    if msg.get("List-Id") is not None:
+    if "list-id" in headers:
         return "List-Id header (mailing list)"
-    if msg.get("List-Unsubscribe") is not None:
+    if "list-unsubscribe" in headers:
         return "List-Unsubscribe header (mailing list)"
-    if msg.get("X-Loop") is not None:
+    if "x-loop" in headers:
         return "X-Loop header (mail loop guard)"
     if _AUTO_SUBJECT_RE.match(subject):
         return "out-of-office subject"
@@ -526,7 +577,7 @@ def _auto_reason(msg: Message, subject: str, sender_address: str) -> str | None:
         return "bounce subject (delivery failure)"
     if sender_address.split("@", 1)[0] in ("mailer-daemon", "postmaster"):
         return f"mailer-daemon sender ({sender_address})"
-    if msg.get("X-Auto-Response-Suppress") is not None and _AUTOISH_SUBJECT_RE.search(subject):
+    if "x-auto-response-suppress" in headers and _AUTOISH_SUBJECT_RE.search(subject):
         return "X-Auto-Response-Suppress with an auto-reply subject"
     return None
 
@@ -649,8 +700,8 @@ class _Walk:
 
 def _declared_charset(part: Message) -> str | None:
     charset = part.get_param("charset")
-    if isinstance(charset, tuple):  # RFC 2231 form
-        charset = email.utils.collapse_rfc2231_value(charset)
+    if isinstance(charset, tuple):  # RFC 2231 form: charset*=utf-8''windows-1251
+        charset = charset[2]
     return charset if isinstance(charset, str) else None
 
 
@@ -664,36 +715,37 @@ def _filename(part: Message, warnings: list[str]) -> str:
         return ""
     if _SURROGATE_RE.search(name):  # raw 8-bit bytes arrive as surrogate escapes
         raw = name.encode("utf-8", "surrogateescape")
-        return _fold(decode_bytes(raw, None, warnings, "attachment filename"))
+        return _fold(_sanitize(decode_bytes(raw, None, warnings, "attachment filename")))
     if name.isascii():
         return _decode_words(name, warnings, "attachment filename")
-    return _fold(name)  # already decoded from RFC 2231
+    return _fold(_sanitize(name))  # already decoded from RFC 2231
 
 
 def _disposition(part: Message) -> str:
-    value = _raw(part, "Content-Disposition") or ""
+    value = part.get("Content-Disposition")
+    value = _header_text(value) if value is not None else ""
     return value.split(";", 1)[0].strip().lower()
 
 
-def _payload_text(part: Message, walk: _Walk) -> str:
+def _payload_text(part: Message, walk: _Walk, html_part: bool = False) -> str:
     """Decoded text of a leaf part (transfer encoding, then charset)."""
     try:
         data = part.get_payload(decode=True)
     except Exception:  # broken transfer encoding: use what is there
         data = None
     if not isinstance(data, bytes):
-        payload = part.get_payload()
-        data = payload.encode("ascii", "surrogateescape") if isinstance(payload, str) else b""
+        walk.warnings.append(f"{part.get_content_type()} payload could not be decoded; left empty")
+        data = b""
     declared = _declared_charset(part)
-    if declared is None and part.get_content_subtype() == "html" and not data.isascii():
+    if declared is None and html_part and not data.isascii():
         match = _META_CHARSET_RE.search(data[:4096])
         declared = match.group(1).decode("ascii") if match else None
     return decode_bytes(data, declared, walk.warnings, "part")
 
 
-def _add_attachment(part: Message, walk: _Walk) -> None:
+def _add_attachment(part: Message, ctype: str, walk: _Walk) -> None:
     name = _filename(part, walk.warnings)
-    walk.attachments.append(name or f"(unnamed {part.get_content_type()})")
+    walk.attachments.append(name or f"(unnamed {ctype})")
 
 
 def _walk_message(inner: Message, part: Message, walk: _Walk, depth: int) -> None:
@@ -731,18 +783,27 @@ def _walk(part: Message, walk: _Walk, depth: int = 0) -> None:
         walk.warnings.append("MIME nesting too deep; inner parts ignored")
         return
     ctype = part.get_content_type()
-    payload = part.get_payload()
-    if isinstance(payload, list):
+    maintype = ctype.split("/", 1)[0]
+    if part.is_multipart():  # get_payload() without decode may raise on a leaf, not here
+        payload = part.get_payload()
         if ctype == "message/rfc822" and payload and isinstance(payload[0], Message):
             _walk_message(payload[0], part, walk, depth)
         elif ctype == "multipart/alternative":
             _walk_alternative([p for p in payload if isinstance(p, Message)], walk, depth)
-        elif part.get_content_maintype() != "message":  # skip delivery-status blocks
+        elif maintype != "message":  # skip delivery-status blocks
             for child in payload:
                 if isinstance(child, Message):
                     _walk(child, walk, depth + 1)
         return
-    if part.get_content_maintype() == "multipart":
+    try:
+        _walk_leaf(part, ctype, walk)
+    except Exception as exc:  # a stdlib corner we did not foresee must not lose the message
+        walk.warnings.append(f"{ctype} part skipped: {type(exc).__name__}: {exc}")
+
+
+def _walk_leaf(part: Message, ctype: str, walk: _Walk) -> None:
+    """A non-multipart part: body text, or an attachment name."""
+    if ctype.startswith("multipart/"):
         walk.warnings.append(f"{ctype} without usable boundary; raw payload used as text")
         walk.segments.append(("plain", _payload_text(part, walk)))
         return
@@ -753,24 +814,22 @@ def _walk(part: Message, walk: _Walk, depth: int = 0) -> None:
         or disposition == "attachment"
         or (named and disposition != "inline")
     ):
-        _add_attachment(part, walk)
+        _add_attachment(part, ctype, walk)
         return
-    text = _payload_text(part, walk)
+    text = _payload_text(part, walk, html_part=ctype == "text/html")
     if ctype == "text/html":
         walk.segments.append(("html", html_to_text(text, walk.max_chars)))
     else:
         walk.segments.append(("plain", text))
 
 
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NEWLINES_RE = re.compile(r"\r\n?")
 _BLANKS_RE = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
 def _clean_body(text: str) -> str:
-    """Unify newlines, drop control chars (NUL breaks PostgreSQL), squeeze blank runs."""
-    text = _CONTROL_RE.sub("", _NEWLINES_RE.sub("\n", text))
-    return _BLANKS_RE.sub("\n\n", text).strip()
+    """Unify newlines, sanitize, squeeze blank-line runs."""
+    return _BLANKS_RE.sub("\n\n", _sanitize(_NEWLINES_RE.sub("\n", text))).strip()
 
 
 # --------------------------------------------------------------------------- trimming
@@ -832,9 +891,9 @@ def _is_reply_header(lines: list[str], i: int) -> bool:
         return False
     if not _DIGIT_OR_AT_RE.search(line) and not _REPLY_START_RE.match(line):
         return False
-    if _REPLY_TAIL_RE.search(line):
+    if line.endswith(":") and _REPLY_TAIL_RE.search(line):
         return True
-    if i + 1 < len(lines) and lines[i + 1] and _REPLY_START_RE.match(line):
+    if i + 1 < len(lines) and lines[i + 1].endswith(":") and _REPLY_START_RE.match(line):
         if not _REPLY_JOIN_HINT_RE.search(line):  # "1. Item" + "Manager writes:" is prose
             return False
         joined = f"{line} {lines[i + 1]}"
@@ -858,9 +917,13 @@ def _next_nonblank(lines: list[str], i: int) -> str:
     return next((s for s in lines[i:] if s), "")
 
 
-def _cut_history(lines: list[str], forward: bool) -> list[str]:
-    """Drop quotes and reply history; keep forwarded content without its header lines."""
-    kept: list[str] = []
+def _cut_history(lines: list[str], forward: bool) -> list[list[str]]:
+    """Drop quotes and reply history; keep forwarded content without its header lines.
+
+    Returns one list of lines per forwarded segment, so that a signature is only ever
+    cut at the end of its own segment (the forwarder's note or the forwarded mail).
+    """
+    segments: list[list[str]] = [[]]
     in_forward_headers = False
     i = 0
     while i < len(lines):
@@ -870,6 +933,7 @@ def _cut_history(lines: list[str], forward: bool) -> list[str]:
             continue
         if _FORWARD_MARKER_RE.match(s):
             in_forward_headers = True
+            segments.append([])
             i += 1
             continue
         if in_forward_headers:
@@ -892,11 +956,12 @@ def _cut_history(lines: list[str], forward: bool) -> list[str]:
             if not forward:
                 break
             in_forward_headers = True  # a forward's header block: drop it, keep what follows
+            segments.append([])
             i += 1 if divider else 0
             continue
-        kept.append(s)
+        segments[-1].append(s)
         i += 1
-    return kept
+    return segments
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
@@ -924,7 +989,8 @@ def _strip_signature(lines: list[str]) -> list[str]:
 def trim_for_classification(body: str, *, forward: bool = False) -> str:
     """Body without quoted replies, history and signature, whitespace folded to spaces."""
     lines = [line.strip() for line in body.split("\n")]
-    return _fold(" ".join(_strip_signature(_cut_history(lines, forward))))
+    segments = _cut_history(lines, forward)
+    return _fold(" ".join(" ".join(_strip_signature(segment)) for segment in segments))
 
 
 # --------------------------------------------------------------------------- language
@@ -965,21 +1031,30 @@ def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
     raw = bytes(raw)
     if not raw.strip():
         raise NormalizationError("The message is empty: there are no header or body bytes.")
-    msg = email.message_from_bytes(raw)
     warnings: list[str] = []
+    try:
+        msg = email.message_from_bytes(raw)
+        parsed_body = True
+    except RecursionError:  # hostile MIME nesting: keep the headers, drop the body
+        warnings.append("MIME nesting too deep for the parser; body ignored")
+        msg = BytesParser().parsebytes(raw, headersonly=True)
+        parsed_body = False
 
-    subject = _decode_words(msg.get("Subject"), warnings, "header Subject")
-    sender_name, sender_address = _sender(msg, warnings)
-    message_id = _first_msgid(_raw(msg, "Message-ID"))
-    in_reply_to = _first_msgid(_raw(msg, "In-Reply-To"))
-    references = _references(_raw(msg, "References"))
+    headers = _header_map(msg)
+    subject = _decode_words(headers.get("subject"), warnings, "header Subject")
+    sender_name, sender_address = _sender(headers, warnings)
+    message_id = _first_msgid(_raw(headers, "message-id"))
+    in_reply_to = _first_msgid(_raw(headers, "in-reply-to"))
+    references = _references(_raw(headers, "references"))
 
     walk = _Walk(warnings, max_text_chars)
-    _walk(msg, walk)
-    body = _clean_body("\n\n".join(text for _, text in walk.segments if text.strip()))
+    if parsed_body:
+        _walk(msg, walk)
+    joined = "\n\n".join(text for _, text in walk.segments if text.strip())
+    body = _clean_body(joined[: max_text_chars * 2])  # cleaning only shrinks text
     if len(body) > max_text_chars:
-        warnings.append(f"body truncated from {len(body)} to {max_text_chars} characters")
-        body = body[:max_text_chars]
+        warnings.append(f"body truncated from {len(joined)} to {max_text_chars} characters")
+        body = body[:max_text_chars].rstrip()
     kinds = {kind for kind, text in walk.segments if text.strip()}
 
     forward = bool(_FORWARD_SUBJECT_RE.match(subject))
@@ -992,10 +1067,10 @@ def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
         sender_address=sender_address,
         sender_name=sender_name,
         subject=subject,
-        date=_parse_date(_raw(msg, "Date")),
+        date=_parse_date(_raw(headers, "date")),
         body_text=body,
         text_for_classification=text,
-        auto_reason=_auto_reason(msg, subject, sender_address),
+        auto_reason=_auto_reason(headers, msg.get_content_type(), subject, sender_address),
         attachments=tuple(walk.attachments),
         html_only="html" in kinds and "plain" not in kinds,
         warnings=_unique(warnings),

@@ -1,0 +1,212 @@
+"""The forwarder against a real SMTP server (aiosmtpd): content, retries, dead letters, TLS+AUTH."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_config, make_email
+from tests.servers.dovecot import free_port
+from tests.servers.smtp import SmtpServer
+from triage.config import Config
+from triage.forwarding import Forwarder, make_transport, requeue
+from triage.store.database import Database
+from triage.store.schema import Classification, Customer, Forward, Message, utcnow
+
+ORIGINAL = make_email(
+    "Двічі списали гроші", "Доброго дня! З картки двічі списали 1200 грн за замовлення 5531."
+)
+
+
+def smtp_config(tmp_path: Path, server: SmtpServer | None, **smtp: object) -> Config:
+    settings = {
+        "host": "127.0.0.1",
+        "port": server.port if server else free_port(),
+        "tls": "plain",
+        "timeout": 5,
+    }
+    settings.update(smtp)
+    return make_config(
+        tmp_path,
+        smtp=settings,
+        forwarding={
+            "transport": "smtp",
+            "from_address": "triage@shop.test",
+            "retry_base_seconds": 10,
+            "max_attempts": 3,
+        },
+    )
+
+
+def queue_forward(db: Database, *, urgent: bool = True) -> int:
+    """A classified message with one queued forward, as the pipeline leaves it."""
+    with db.transaction() as session:
+        customer = Customer(
+            channel="email", address="olena@example.com", display_name="Olena Petrenko"
+        )
+        session.add(customer)
+        session.flush()
+        earlier = Message(
+            source="s",
+            source_id="s:0",
+            content_key="0" * 64,
+            customer_id=customer.id,
+            subject="Як змінити адресу?",
+            raw=b"x",
+            received_at=utcnow() - timedelta(days=3),
+        )
+        message = Message(
+            source="s",
+            source_id="s:1",
+            content_key="1" * 64,
+            customer_id=customer.id,
+            subject="Двічі списали гроші",
+            body="З картки двічі списали 1200 грн.",
+            header_message_id="<orig@example.com>",
+            raw=ORIGINAL,
+        )
+        session.add_all([earlier, message])
+        session.flush()
+        session.add_all(
+            Classification(
+                message_id=message.id, axis=axis, label=label, confidence=0.87, model_version="v1"
+            )
+            for axis, label in [
+                ("kind", "complaint"),
+                ("area", "billing"),
+                ("urgency", "urgent" if urgent else "normal"),
+            ]
+        )
+        forward = Forward(
+            message_id=message.id,
+            department="billing",
+            to_addrs=["billing@dept.test"],
+            cc_addrs=["duty@dept.test"] if urgent else [],
+            urgent=urgent,
+            reason="forwarded to billing (owns billing)",
+            rfc_message_id="<triage.1@shop.test>",
+        )
+        session.add(forward)
+        session.flush()
+        return forward.id
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'triage.db'}")
+    database.upgrade()
+    return database
+
+
+def forward_row(db: Database, forward_id: int) -> Forward:
+    with db.session() as session:
+        forward = session.get(Forward, forward_id)
+        assert forward is not None
+        return forward
+
+
+@pytest.mark.live
+def test_delivers_everything_at_a_glance_with_the_original_attached(
+    tmp_path: Path, db: Database, smtp_server: SmtpServer
+) -> None:
+    config = smtp_config(tmp_path, smtp_server)
+    forward_id = queue_forward(db)
+    result = Forwarder(db, config, make_transport(config)).flush()
+    assert (result.sent, result.retrying, result.failed) == (1, 0, 0)
+    [received] = smtp_server.messages
+    assert sorted(received.rcpt_tos) == ["billing@dept.test", "duty@dept.test"]
+    mail = message_from_bytes(received.content, policy=default)
+    assert mail["Message-ID"] == "<triage.1@shop.test>"
+    assert mail["Subject"].startswith("[URGENT] [complaint/billing] Двічі списали гроші")
+    assert mail["X-Triage-Forward"] == "billing"
+    summary = mail.get_body(("plain",)).get_content()
+    assert "Olena Petrenko <olena@example.com>" in summary
+    assert "Kind:      complaint (87% confidence)" in summary
+    assert "Earlier requests from this customer: 1" in summary and "Як змінити адресу?" in summary
+    assert "З картки двічі списали 1200 грн." in summary
+    [attachment] = list(mail.iter_attachments())
+    assert attachment.get_content_type() == "message/rfc822"
+    original = attachment.get_content()
+    assert original["Subject"] == "Двічі списали гроші"
+    assert original.get_content().strip().endswith("за замовлення 5531.")
+    assert forward_row(db, forward_id).status == "sent"
+
+
+@pytest.mark.live
+def test_temporary_refusal_is_retried_with_backoff(
+    tmp_path: Path, db: Database, smtp_server: SmtpServer
+) -> None:
+    config = smtp_config(tmp_path, smtp_server)
+    forward_id = queue_forward(db, urgent=False)
+    smtp_server.fail_next(451, "4.3.0 try again later")
+    forwarder = Forwarder(db, config, make_transport(config))
+    first = forwarder.flush()
+    assert (first.sent, first.retrying) == (0, 1)
+    row = forward_row(db, forward_id)
+    assert row.status == "pending" and row.attempts == 1 and "451" in (row.last_error or "")
+    assert row.next_attempt_at > utcnow()
+    assert forwarder.flush().sent == 0  # not due yet
+    second = forwarder.flush(now=row.next_attempt_at)
+    assert second.sent == 1
+    assert len(smtp_server.messages) == 1
+    assert forward_row(db, forward_id).status == "sent"
+
+
+@pytest.mark.live
+def test_permanent_refusal_is_a_dead_letter_until_retried(
+    tmp_path: Path, db: Database, smtp_server: SmtpServer
+) -> None:
+    config = smtp_config(tmp_path, smtp_server)
+    forward_id = queue_forward(db)
+    smtp_server.fail_next(550, "5.1.1 no such user")
+    forwarder = Forwarder(db, config, make_transport(config))
+    assert forwarder.flush().failed == 1
+    assert forward_row(db, forward_id).status == "failed"
+    assert requeue(db, [forward_id], all_failed=False) == 1
+    assert forwarder.flush().sent == 1
+    assert forward_row(db, forward_id).status == "sent"
+
+
+def test_server_down_is_retried_then_failed_after_max_attempts(
+    tmp_path: Path, db: Database
+) -> None:
+    config = smtp_config(tmp_path, None, timeout=2)
+    forward_id = queue_forward(db)
+    forwarder = Forwarder(db, config, make_transport(config))
+    for attempt in range(1, 4):
+        now = forward_row(db, forward_id).next_attempt_at
+        forwarder.flush(now=now)
+        assert forward_row(db, forward_id).attempts == attempt
+    row = forward_row(db, forward_id)
+    assert row.status == "failed" and "Connection refused" in (row.last_error or "")
+
+
+@pytest.mark.live
+def test_starttls_and_auth(
+    tmp_path: Path, db: Database, smtp_tls_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIAGE_TEST_SMTP_PASSWORD", smtp_tls_server.password)
+    config = smtp_config(
+        tmp_path,
+        smtp_tls_server,
+        tls="starttls",
+        cafile=str(smtp_tls_server.cafile),
+        username=smtp_tls_server.username,
+        password_env="TRIAGE_TEST_SMTP_PASSWORD",
+    )
+    queue_forward(db)
+    assert Forwarder(db, config, make_transport(config)).flush().sent == 1
+    assert len(smtp_tls_server.messages) == 1
+
+
+def test_directory_transport_writes_one_file_per_forward(tmp_path: Path, db: Database) -> None:
+    config = make_config(tmp_path)
+    queue_forward(db)
+    assert Forwarder(db, config, make_transport(config)).flush().sent == 1
+    [written] = list((tmp_path / "forwards").iterdir())
+    assert written.name == "triage.1_shop.test.eml"
+    assert message_from_bytes(written.read_bytes())["Message-ID"] == "<triage.1@shop.test>"
