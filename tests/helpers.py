@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
+from email.header import Header
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,15 @@ def make_email(
     headers: dict[str, str] | None = None,
     date: Any = None,
 ) -> bytes:
-    """One realistic RFC 5322 message as bytes."""
-    message = EmailMessage(policy=SMTP)
-    message["From"] = sender
+    """One realistic RFC 5322 message as bytes, encoded as mail clients do (RFC 2047 headers)."""
+    message = MIMEText(body, "plain", charset)
+    name, address = parseaddr(sender)
+    message["From"] = formataddr((str(Header(name, charset)), address)) if name else address
     message["To"] = to
-    message["Subject"] = subject
+    message["Subject"] = Header(subject, charset)
     message["Message-ID"] = make_msgid(domain="example.com")
     if date is not None:
         message["Date"] = format_datetime(date)
-    for name, value in (headers or {}).items():
-        message[name] = value
-    message.set_content(body, charset=charset, cte="8bit" if charset != "utf-8" else None)
+    for header, value in (headers or {}).items():
+        message[header] = value
     return message.as_bytes()

@@ -7,6 +7,7 @@ variable or a file, and :func:`resolve_secret` reads it when a connection is mad
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import tomllib
@@ -200,11 +201,15 @@ def parse_config(data: dict[str, object], *, base_dir: Path, origin: str = "conf
 
 
 def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
+    """One sentence for the most telling error: a misspelt key explains the missing one."""
+    errors = exc.errors()
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _key_path(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return f"{loc} is not a known key"
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing"]
+        close = difflib.get_close_matches(str(error["loc"][-1]), missing, n=1)
+        return f"{loc} is not a known key" + (f" (did you mean {close[0]!r}?)" if close else "")
     if error["type"] == "missing":
         return f"{loc} is required"
     if error["type"] == "union_tag_invalid":

@@ -8,6 +8,7 @@ backoff and jitter; 5xx replies mark the forward failed (a dead letter the admin
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -18,9 +19,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email import message_from_bytes
-from email.message import EmailMessage
-from email.policy import SMTP
+from email.charset import QP, Charset
+from email.generator import BytesGenerator
+from email.header import Header
+from email.message import Message as Email
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +43,9 @@ LOOP_HEADER = "X-Triage-Forward"
 
 MAX_BACKOFF = timedelta(hours=1)
 
+UTF8_QP = Charset("utf-8")
+UTF8_QP.body_encoding = QP  # readable in any client, safe through 7-bit relays
+
 
 class DeliveryError(Exception):
     """A forward could not be delivered; ``permanent`` says whether a retry can help."""
@@ -51,7 +58,7 @@ class DeliveryError(Exception):
 class Transport(Protocol):
     """Hands a composed message to the next hop."""
 
-    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None: ...
+    def send(self, message: Email, sender: str, recipients: Sequence[str]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -63,13 +70,13 @@ class DirectoryTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None:
+    def send(self, message: Email, sender: str, recipients: Sequence[str]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>")) + ".eml"
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(message.as_bytes())
+                fh.write(as_bytes(message))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(temp, self.directory / name)
@@ -90,9 +97,14 @@ class SmtpTransport:
         self.settings = settings
         self._connection: smtplib.SMTP | None = None
 
-    def send(self, message: EmailMessage, sender: str, recipients: Sequence[str]) -> None:
+    def send(self, message: Email, sender: str, recipients: Sequence[str]) -> None:
         try:
-            refused = self._connect().send_message(message, sender, list(recipients))
+            connection = self._connect()
+            data = as_bytes(message)
+            # The attached original may be 8-bit (KOI8-U, windows-1251): say so when we may.
+            eight_bit = connection.has_extn("8bitmime") and not data.isascii()
+            options = ["BODY=8BITMIME"] if eight_bit else []
+            refused = connection.sendmail(sender, list(recipients), data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             codes = [code for code, _ in exc.recipients.values()]
@@ -261,16 +273,20 @@ def backoff(attempts: int, base_seconds: float) -> timedelta:
     return timedelta(seconds=delay * random.uniform(0.5, 1.0))
 
 
-def compose(session: Session, forward: Forward, settings: Forwarding) -> EmailMessage:
-    """The email a department receives: everything at a glance, the original attached."""
+def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
+    """The email a department receives: everything at a glance, the original attached.
+
+    Built with the classic (compat32) MIME classes: their RFC 2047 encoder keeps the spaces of a
+    long Cyrillic subject, which the modern header folder of some Python versions drops.
+    """
     message = forward.message
     labels = _labels(session, message.id)
-    mail = EmailMessage(policy=SMTP)
+    mail = MIMEMultipart()
     mail["From"] = settings.from_address
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
         mail["Cc"] = ", ".join(forward.cc_addrs)
-    mail["Subject"] = _subject(message, labels, forward.urgent)
+    mail["Subject"] = Header(_subject(message, labels, forward.urgent), "utf-8")
     mail["Date"] = format_datetime(forward.created_at)
     mail["Message-ID"] = forward.rfc_message_id
     mail[LOOP_HEADER] = forward.department
@@ -280,9 +296,30 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> EmailMe
         mail["X-Priority"] = "1"
     if message.header_message_id:
         mail["References"] = message.header_message_id
-    mail.set_content(_summary(session, message, labels, forward, settings.history_in_forward))
-    mail.add_attachment(message_from_bytes(message.raw), filename="original.eml")
+    summary = _summary(session, message, labels, forward, settings.history_in_forward)
+    mail.attach(MIMEText(summary, "plain", UTF8_QP))
+    mail.attach(_attached_original(message.raw))
     return mail
+
+
+def _attached_original(raw: bytes) -> Email:
+    """The customer's message, byte for byte (line ends made CRLF, as on the wire).
+
+    A string payload is written out verbatim by the generator, so nothing is re-encoded.
+    """
+    part = Email()
+    part["Content-Type"] = "message/rfc822"
+    part["Content-Disposition"] = 'attachment; filename="original.eml"'
+    crlf = re.sub(rb"\r?\n", b"\r\n", raw)
+    part.set_payload(crlf.decode("ascii", "surrogateescape"))
+    return part
+
+
+def as_bytes(message: Email) -> bytes:
+    """The wire form: CRLF line ends everywhere (bare LF is refused by hardened MTAs)."""
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, mangle_from_=False).flatten(message, linesep="\r\n")
+    return buffer.getvalue()
 
 
 def _labels(session: Session, message_id: int) -> dict[str, Classification]:

@@ -1,0 +1,244 @@
+"""Labelled training data: the in-memory value and readers for CSV and JSON Lines files.
+
+A file has one row per message, one or more text columns (subject, body) that are joined,
+and one label column per axis. A row may be labelled on some axes only: an empty label means
+"unlabelled for that axis", so one file can grow axis by axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from classifiers.base import DatasetError
+
+log = logging.getLogger(__name__)
+
+CSV_SUFFIXES = frozenset({".csv"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts with one label list per axis, aligned by row.
+
+    Attributes:
+        texts: One text per row (several text columns already joined with a newline).
+        labels: Axis name to one label per row; None means unlabelled on that axis
+            (empty or blank strings are turned into None, surrounding spaces are stripped).
+        skipped: Rows dropped by the reader because all their text columns were empty.
+    """
+
+    texts: list[str]
+    labels: dict[str, list[str | None]]
+    skipped: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        """Copy and normalize, so the frozen value cannot change behind the fingerprint."""
+        texts = list(self.texts)
+        for row, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DatasetError(f"Text of row {row} is {type(text).__name__}, not a string.")
+        labels: dict[str, list[str | None]] = {}
+        for axis, values in self.labels.items():
+            cleaned = [_clean_label(value) for value in values]
+            if len(cleaned) != len(texts):
+                raise DatasetError(
+                    f"Axis {axis!r} has {len(cleaned)} labels for {len(texts)} texts."
+                )
+            labels[str(axis)] = cleaned
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Axis names in column order."""
+        return tuple(self.labels)
+
+    def labelled(self, axis: str) -> tuple[list[int], list[str]]:
+        """Return the row indices labelled on `axis` and their labels.
+
+        Raises:
+            DatasetError: If `axis` is not one of the data's axes.
+        """
+        if axis not in self.labels:
+            raise DatasetError(f"Axis {axis!r} is not in the data; its axes are {_names(self.axes)}.")
+        pairs = [(row, label) for row, label in enumerate(self.labels[axis]) if label is not None]
+        return [row for row, _ in pairs], [label for _, label in pairs]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 hex of texts and labels: names the exact data a model was trained on."""
+        canonical = json.dumps(
+            {"texts": self.texts, "labels": self.labels},
+            ensure_ascii=False,
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_labelled(
+    path: Path, text_columns: Sequence[str], label_columns: Sequence[str]
+) -> LabelledData:
+    """Read labelled rows from a CSV (.csv) or JSON Lines (.jsonl, .ndjson) file.
+
+    Args:
+        path: The file; CSV is read as UTF-8 with or without a byte-order mark.
+        text_columns: Columns joined with a newline into the text (e.g. subject, body);
+            empty ones are left out. Rows whose text columns are all empty are skipped.
+        label_columns: One column per axis; an empty cell means unlabelled on that axis.
+
+    Returns:
+        The rows as LabelledData, with `skipped` counting the rows without text.
+
+    Raises:
+        DatasetError: If the file cannot be read or parsed, a column is missing (the message
+            lists the available ones), or no row has text.
+    """
+    path = Path(path)
+    columns = _check_columns(text_columns, label_columns)
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        rows = _read_csv(path, columns)
+    elif suffix in JSONL_SUFFIXES:
+        rows = _read_jsonl(path, columns)
+    else:
+        raise DatasetError(
+            f"{path} is neither CSV (.csv) nor JSON Lines (.jsonl, .ndjson); rename or convert it."
+        )
+    try:
+        data = _collect(path, rows, text_columns, label_columns)
+    except OSError as exc:
+        raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not valid UTF-8 ({exc.reason}).") from exc
+    if not data.texts:
+        raise DatasetError(f"{path} has no row with text in column(s) {_names(text_columns)}.")
+    if data.skipped:
+        log.info("%s: skipped %d row(s) without text", path, data.skipped)
+    log.debug("%s: read %d row(s), axes %s", path, len(data), ", ".join(data.axes))
+    return data
+
+
+def _check_columns(text_columns: Sequence[str], label_columns: Sequence[str]) -> list[str]:
+    """Refuse a column list that cannot describe a dataset, before opening the file."""
+    if isinstance(text_columns, str) or isinstance(label_columns, str):
+        raise TypeError("text_columns and label_columns must be sequences of names, not a string")
+    if not text_columns:
+        raise DatasetError("No text column was given; name at least one (e.g. subject, body).")
+    columns = [*text_columns, *label_columns]
+    duplicates = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicates:
+        raise DatasetError(f"Column(s) {_names(duplicates)} are named more than once.")
+    return columns
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, Mapping[str, object]]]:
+    """Yield (line number, row) of a CSV file after checking its header has `columns`."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            try:
+                header = reader.fieldnames
+                if not header:
+                    raise DatasetError(f"{path} is empty; expected a header row.")
+                _require_columns(path, columns, header)
+                for row in reader:
+                    yield reader.line_num, row
+            except csv.Error as exc:
+                raise DatasetError(f"{path} line {reader.line_num} is not valid CSV: {exc}.") from exc
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path} does not exist.") from exc
+
+
+def _read_jsonl(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, Mapping[str, object]]]:
+    """Yield (line number, object) of a JSON Lines file; blank lines are allowed.
+
+    Keys may differ between lines, so a column is missing only if no line has it.
+    """
+    seen: set[str] = set()
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path} line {number} is not valid JSON: {exc.msg}.") from exc
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path} line {number} is not a JSON object.")
+                seen.update(row)
+                yield number, row
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path} does not exist.") from exc
+    _require_columns(path, columns, sorted(seen))
+
+
+def _require_columns(path: Path, columns: Sequence[str], available: Sequence[str]) -> None:
+    """Name the missing columns and the available ones, the two facts needed to fix the call."""
+    missing = [name for name in columns if name not in available]
+    if missing:
+        raise DatasetError(
+            f"{path} has no column {_names(missing)}; available columns: {_names(available)}."
+        )
+
+
+def _collect(
+    path: Path,
+    rows: Iterator[tuple[int, Mapping[str, object]]],
+    text_columns: Sequence[str],
+    label_columns: Sequence[str],
+) -> LabelledData:
+    """Join text columns, gather labels per axis and count the rows without text."""
+    texts: list[str] = []
+    labels: dict[str, list[str | None]] = {axis: [] for axis in label_columns}
+    skipped = 0
+    for number, row in rows:
+        where = f"{path} line {number}"
+        parts = [_cell(row, name, where) for name in text_columns]
+        text = "\n".join(part.strip() for part in parts if part.strip())
+        if not text:
+            skipped += 1
+            continue
+        texts.append(text)
+        for axis in label_columns:
+            labels[axis].append(_cell(row, axis, where) or None)
+    return LabelledData(texts=texts, labels=labels, skipped=skipped)
+
+
+def _cell(row: Mapping[str, object], column: str, where: str) -> str:
+    """Return a cell as text: missing or null is empty, numbers become their JSON spelling."""
+    value = row.get(column)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    raise DatasetError(
+        f"{where} column {column!r} holds a {type(value).__name__}, not text or a number."
+    )
+
+
+def _clean_label(value: object) -> str | None:
+    """Strip a label; blank means unlabelled."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _names(names: Sequence[str]) -> str:
+    """Quote names for a message: 'subject', 'body'."""
+    return ", ".join(repr(name) for name in names) or "(none)"
