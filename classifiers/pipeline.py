@@ -21,18 +21,27 @@ stripping (it would fold Ukrainian "й" into "и" and "ї" into "і").
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
+import sklearn
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
+from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
 
 from classifiers.base import TrainingError
 
 C = 1.0
 WORD_WEIGHT = 0.75
 MAX_CALIBRATION_FOLDS = 5
+# Words whose n-gram ids are kept between batches; ~200 bytes each. Cleared when full.
+WORD_CACHE_SIZE = 100_000
 
 # Ukrainian text uses three apostrophes interchangeably; English text the typographic one.
 _APOSTROPHES = re.compile("[\u2019\u02bc\u2018`]")
@@ -64,6 +73,81 @@ def _split_punctuation(text: str) -> str:
     return _PUNCTUATION.sub(_pad_punctuation, _normalize(text))
 
 
+class _CharWbVectorizer(TfidfVectorizer):
+    """TfidfVectorizer(analyzer="char_wb") whose transform caches n-gram ids per word.
+
+    char_wb n-grams never cross a word boundary, so a text's n-grams are the concatenation of
+    its words' n-grams, and words repeat a lot. Looking each word up once instead of slicing
+    and looking up ~15 n-grams makes this the fastest part of prediction instead of the
+    slowest, with the very same output (a test compares both). Fitting is TfidfVectorizer's.
+    """
+
+    def transform(self, raw_documents: Iterable[str]) -> Any:
+        """Return the same TF-IDF matrix as TfidfVectorizer.transform, faster."""
+        check_is_fitted(self, "vocabulary_")
+        if self.analyzer != "char_wb" or self.input != "content":
+            return super().transform(raw_documents)
+        if isinstance(raw_documents, str):
+            raise ValueError("Iterable over raw text documents expected, string object received.")
+        # The cache is built on first use and dropped when pickled: see __getstate__.
+        cache: dict[str, list[int]] = self.__dict__.setdefault("_word_ids", {})
+        preprocess = self.build_preprocessor()
+        ids: list[int] = []
+        indptr = [0]
+        for document in raw_documents:
+            for word in preprocess(document).split():
+                word_ids = cache.get(word)
+                if word_ids is None:
+                    word_ids = self._ngram_ids(word)
+                    if len(cache) >= WORD_CACHE_SIZE:
+                        cache.clear()
+                    cache[word] = word_ids
+                ids.extend(word_ids)
+            indptr.append(len(ids))
+        return self._weigh(ids, indptr)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Leave the word cache out of the artifact: it is rebuilt, and would bloat the file."""
+        state = dict(super().__getstate__())
+        state.pop("_word_ids", None)
+        return state
+
+    def _ngram_ids(self, word: str) -> list[int]:
+        """Vocabulary ids of the char_wb n-grams of one word, as TfidfVectorizer makes them."""
+        padded = f" {word} "
+        low, high = self.ngram_range
+        vocabulary = self.vocabulary_
+        grams: list[str] = []
+        for n in range(low, high + 1):
+            if len(padded) <= n:
+                # A word shorter than n yields itself once, and no longer n-grams.
+                grams.append(padded)
+                break
+            grams.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+        return [vocabulary[gram] for gram in grams if gram in vocabulary]
+
+    def _weigh(self, ids: list[int], indptr: list[int]) -> Any:
+        """Turn n-gram ids per row into the TF-IDF matrix, as TfidfTransformer.transform does."""
+        shape = (len(indptr) - 1, len(self.vocabulary_))
+        counts = sp.csr_matrix(
+            (np.ones(len(ids), dtype=self.dtype), np.asarray(ids, dtype=np.int32), indptr),
+            shape=shape,
+        )
+        counts.sum_duplicates()
+        if self.binary:
+            counts.data.fill(1)
+        if self.sublinear_tf:
+            np.log(counts.data, counts.data)
+            counts.data += 1.0
+        if self.use_idf:
+            counts.data *= self.idf_[counts.indices]
+        if self.norm is not None:
+            counts = normalize(counts, norm=self.norm, copy=False)
+        if sklearn.get_config().get("sparse_interface") == "sparray":
+            return sp.csr_array(counts)
+        return counts
+
+
 def build_features() -> FeatureUnion:
     """Return the unfitted text transform shared by all axes.
 
@@ -80,7 +164,7 @@ def build_features() -> FeatureUnion:
         min_df=1,
         strip_accents=None,
     )
-    char = TfidfVectorizer(
+    char = _CharWbVectorizer(
         analyzer="char_wb",
         preprocessor=_split_punctuation,
         ngram_range=(2, 5),

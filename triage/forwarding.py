@@ -315,10 +315,21 @@ def _attached_original(raw: bytes) -> Email:
     return part
 
 
+class _WireGenerator(BytesGenerator):
+    """Writes an attached message given as a string verbatim, 8-bit bytes included."""
+
+    def _handle_message_rfc822(self, msg: Email) -> None:
+        payload = msg._payload  # as the stdlib generator reads it; get_payload() would decode
+        if isinstance(payload, str):
+            self.write(payload)  # BytesGenerator.write restores the bytes (surrogateescape)
+        else:
+            self._handle_message(msg)  # type: ignore[attr-defined]
+
+
 def as_bytes(message: Email) -> bytes:
     """The wire form: CRLF line ends everywhere (bare LF is refused by hardened MTAs)."""
     buffer = io.BytesIO()
-    BytesGenerator(buffer, mangle_from_=False).flatten(message, linesep="\r\n")
+    _WireGenerator(buffer, mangle_from_=False).flatten(message, linesep="\r\n")
     return buffer.getvalue()
 
 
