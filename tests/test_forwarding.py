@@ -18,9 +18,7 @@ from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 
 SUBJECT = "Двічі списали гроші за замовлення KV-5531, прошу терміново повернути кошти на картку"
-ORIGINAL = make_email(
-    SUBJECT, "Доброго дня! З картки двічі списали 1200 грн за замовлення 5531."
-)
+ORIGINAL = make_email(SUBJECT, "Доброго дня! З картки двічі списали 1200 грн за замовлення 5531.")
 
 
 def smtp_config(tmp_path: Path, server: SmtpServer | None, **smtp: object) -> Config:

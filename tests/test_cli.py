@@ -1,0 +1,155 @@
+"""The admin's commands as a script calls them: the demo flow, JSON contracts, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DEMO_TRAIN = [
+    "--data", str(ROOT / "demo/training.csv"),
+    "--text-column", "subject", "--text-column", "body",
+    "--label", "kind", "--label", "area", "--label", "urgency",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+def triage(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(config), "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped config.toml, moved to a temporary folder, trained as `make demo` does."""
+    folder = tmp_path_factory.mktemp("demo")
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    config = folder / "config.toml"
+    config.write_text(
+        text.replace('"demo/mailbox"', f'"{ROOT / "demo/mailbox"}"'), encoding="utf-8"
+    )
+    assert triage(config, "models", "active").returncode == 4
+    trained = triage(config, "train", *DEMO_TRAIN, "--activate")
+    assert trained.returncode == 0, trained.stderr
+    assert "(active)" in trained.stdout
+    return config
+
+
+def test_demo_run_triages_the_sample_mailbox_once(demo: Path) -> None:
+    first = triage(demo, "run", "--once")
+    assert first.returncode == 0, first.stderr
+    assert "demo-mailbox: 67 new, 0 already stored, 0 quarantined" in first.stdout
+    for column in ("sender", "kind", "area", "urgency", "forwarded to / why not"):
+        assert column in first.stdout
+    forwards = sorted((demo.parent / "var/forwards").glob("*.eml"))
+    assert len(forwards) >= 20
+    for path in forwards:
+        mail = message_from_bytes(path.read_bytes(), policy=default)
+        assert mail["X-Triage-Forward"] and mail["Message-ID"]
+        assert [part.get_content_type() for part in mail.iter_attachments()] == ["message/rfc822"]
+
+    again = triage(demo, "run", "--once")
+    assert again.returncode == 0, again.stderr
+    assert "0 new, 67 already stored" in again.stdout
+    assert len(list((demo.parent / "var/forwards").glob("*.eml"))) == len(forwards)
+
+
+def test_stats_json_keys(demo: Path) -> None:
+    triage(demo, "run", "--once")
+    result = triage(demo, "stats", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["messages"] == 67
+    assert stats["quarantined"] == 0
+    assert sum(stats["by_kind"].values()) == 67
+    assert set(stats["by_kind"]) <= {"complaint", "feedback", "question", "spam"}
+    assert set(stats["forwards"]) == {"pending", "sent", "failed"}
+    assert stats["forwards"]["sent"] >= 20
+
+
+def test_history_of_a_customer(demo: Path) -> None:
+    triage(demo, "run", "--once")
+    result = triage(demo, "history", "--customer", "Marina.Tkachuk.Dnipro@gmail.com")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Не повернули гроші за ноутбук") == 3
+    assert triage(demo, "history", "--customer", "nobody@example.com").returncode == 1
+
+
+def test_demo_model_is_useful_on_the_held_out_mailbox(demo: Path) -> None:
+    """The bundled model must classify the sample mailbox (never trained on) sensibly."""
+    triage(demo, "run", "--once")
+    expected = {
+        row["file"].split("/")[1].split(":")[0]: row
+        for row in csv.DictReader((ROOT / "demo/mailbox-labels.csv").open(encoding="utf-8"))
+    }
+    with sqlite3.connect(demo.parent / "var/triage.db") as db:
+        rows = db.execute(
+            "SELECT m.source_id, c.axis, c.label FROM messages m "
+            "JOIN classifications c ON c.message_id = m.id"
+        ).fetchall()
+    correct: dict[str, int] = {}
+    for source_id, axis, label in rows:
+        correct[axis] = correct.get(axis, 0) + (
+            expected[source_id.rsplit(":", 1)[1]][axis] == label
+        )
+    assert correct["kind"] / 67 >= 0.75
+    assert correct["area"] / 67 >= 0.75
+
+
+def test_evaluate_json_contract(demo: Path, tmp_path: Path) -> None:
+    version = triage(demo, "models", "active").stdout.strip()
+    model = demo.parent / "models" / version
+    result = triage(demo, "evaluate", "--model", str(model), *DEMO_TRAIN, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for axis in ("kind", "area", "urgency"):
+        scores = report["axes"][axis]
+        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["macro_f1"] <= 1
+        assert scores["n"] == 500
+
+
+def test_tampered_model_is_refused(demo: Path, tmp_path: Path) -> None:
+    version = triage(demo, "models", "active").stdout.strip()
+    original = demo.parent / "models" / version
+    copy = tmp_path / version
+    copy.mkdir()
+    for part in original.iterdir():
+        (copy / part.name).write_bytes(part.read_bytes())
+    artifact = copy / "model.joblib"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    result = triage(demo, "evaluate", "--model", str(copy), *DEMO_TRAIN)
+    assert result.returncode == 4
+    assert "sha256" in result.stderr
+
+
+def test_bad_training_data_fails_cleanly(demo: Path, tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text(
+        "subject,body,kind\nhello,world,complaint\nhi,there,complaint\n", encoding="utf-8"
+    )
+    result = triage(
+        demo, "train", "--data", str(data), "--text-column", "subject", "--label", "nope"
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr and "kind" in result.stderr
+    result = triage(
+        demo, "train", "--data", str(data), "--text-column", "subject", "--label", "kind"
+    )
+    assert result.returncode == 2
+    assert "Axis 'kind' has only one class ('complaint')" in result.stderr
