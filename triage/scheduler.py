@@ -88,7 +88,7 @@ class Worker:
                 args=[source.name],
                 seconds=interval,
                 id=f"poll:{source.name}",
-                misfire_grace_time=int(interval),
+                misfire_grace_time=max(1, int(interval)),
                 next_run_time=_now(),
             )
         outbox = self.config.schedule.outbox_interval
@@ -97,7 +97,7 @@ class Worker:
             "interval",
             seconds=outbox,
             id=OUTBOX_JOB,
-            misfire_grace_time=int(outbox),
+            misfire_grace_time=max(1, int(outbox)),
             next_run_time=_now(),
         )
         scheduler.add_listener(

@@ -1,0 +1,82 @@
+"""One poll of a Maildir source through the real pipeline: poison mail, oversized mail, no model,
+and a replayed batch (as after a crash before the checkpoint was saved)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+
+from classifiers.model import Classifier
+from tests.conftest import tiny_text
+from tests.connectors.test_maildir import deliver
+from tests.helpers import make_config, make_email
+from triage.scheduler import Worker
+from triage.store.schema import Forward, Message, SourceState
+
+
+def maildir_worker(tmp_path: Path, **maildir: object) -> Worker:
+    source = {"name": "box", "type": "maildir", "path": str(tmp_path / "Maildir"), **maildir}
+    worker = Worker(make_config(tmp_path, sources=[source]))
+    worker.db.upgrade()
+    return worker
+
+
+def test_poison_message_is_quarantined_and_the_batch_goes_on(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.empty", b"")
+    deliver(box, "2.good", make_email(*tiny_text("complaint", "billing")))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    result = worker.run_once()
+    assert result.polls[0].count("quarantined") == 1
+    assert result.polls[0].count("stored") == 1
+    assert result.outbox.sent == 1
+    with worker.db.session() as session:
+        poison = session.scalars(select(Message).where(Message.status == "quarantined")).one()
+        assert poison.raw == b"" and "empty" in (poison.error or "").lower()
+
+
+def test_oversized_message_is_recorded_and_sent_to_review(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    subject, body = tiny_text("complaint", "billing")
+    deliver(tmp_path / "Maildir", "1.big", make_email(subject, body + " " + "z" * 5000))
+    worker = maildir_worker(tmp_path, max_message_bytes=2048)
+    worker.registry.register(*tiny_model, activate=True)
+    [outcome] = worker.run_once().polls[0].outcomes
+    assert outcome.route is not None and outcome.route.department == "review"
+    assert "over the size limit" in outcome.route.reason
+    with worker.db.session() as session:
+        message = session.scalars(select(Message)).one()
+        assert message.truncated and message.size > 5000 and b"zzzz" not in message.raw
+
+
+def test_without_a_model_messages_are_stored_and_sent_to_review(tmp_path: Path) -> None:
+    deliver(tmp_path / "Maildir", "1.a", make_email(*tiny_text("complaint", "billing")))
+    worker = maildir_worker(tmp_path)
+    [outcome] = worker.run_once().polls[0].outcomes
+    assert outcome.status == "stored" and outcome.predictions is None
+    assert outcome.route is not None and outcome.route.department == "review"
+    assert "no active model" in outcome.route.reason
+
+
+def test_a_replayed_batch_adds_nothing_twice(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    box = tmp_path / "Maildir"
+    for i, kind in enumerate(("complaint", "feedback", "question")):
+        deliver(box, f"{i}.m", make_email(*tiny_text(kind, "delivery")))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    first = worker.run_once()
+    assert first.polls[0].count("stored") == 3 and first.outbox.sent == 2
+    with worker.db.transaction() as session:  # as if the checkpoint had never been saved
+        session.execute(update(SourceState).values(checkpoint=None))
+    replay = worker.run_once()
+    assert replay.polls[0].count("duplicate") == 3 and replay.polls[0].count("stored") == 0
+    with worker.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Forward)) == 2
+    assert len(list((tmp_path / "forwards").glob("*.eml"))) == 2

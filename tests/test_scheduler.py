@@ -1,0 +1,74 @@
+"""The daemon: jobs on a schedule, a warm stop on SIGTERM, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from sqlalchemy import func, select
+
+from classifiers.model import Classifier
+from tests.conftest import tiny_text
+from tests.connectors.test_maildir import deliver
+from tests.helpers import DEPARTMENTS, make_config, make_email
+from triage.scheduler import Worker
+from triage.store.database import Database
+from triage.store.schema import Forward, Message
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def count(db: Database, table: type) -> int:
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+@pytest.mark.slow
+def test_daemon_polls_forwards_and_stops_warmly_on_sigterm(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email(*tiny_text("complaint", "billing")))
+    settings = {
+        "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+        "sources": [{"name": "box", "type": "maildir", "path": str(box), "poll_interval": 0.5}],
+        "departments": DEPARTMENTS,
+        "routing": {"review_department": "review", "min_confidence": 0.0},
+        "forwarding": {"transport": "directory", "directory": str(tmp_path / "forwards")},
+        "classifier": {"models_dir": str(tmp_path / "models")},
+        "schedule": {"outbox_interval": 0.5},
+    }
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(tomli_w.dumps(settings), encoding="utf-8")
+    worker = Worker(make_config(tmp_path, **settings))
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "triage", "--config", str(config_path), "run"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: count(worker.db, Forward) == 1)
+        deliver(box, "2.b", make_email(*tiny_text("complaint", "delivery")))
+        wait_for(lambda: count(worker.db, Forward) == 2)
+        wait_for(lambda: len(list((tmp_path / "forwards").glob("*.eml"))) == 2)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+        print(stderr)  # shown by pytest when the test fails
+    assert daemon.returncode == 0, stderr
+    assert "SIGTERM received" in stderr and "worker stopped" in stderr
+    assert count(worker.db, Message) == 2
+    worker.db.dispose()
