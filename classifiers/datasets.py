@@ -71,7 +71,9 @@ class LabelledData:
             DatasetError: If `axis` is not one of the data's axes.
         """
         if axis not in self.labels:
-            raise DatasetError(f"Axis {axis!r} is not in the data; its axes are {_names(self.axes)}.")
+            raise DatasetError(
+                f"Axis {axis!r} is not in the data; its axes are {_names(self.axes)}."
+            )
         pairs = [(row, label) for row, label in enumerate(self.labels[axis]) if label is not None]
         return [row for row, _ in pairs], [label for _, label in pairs]
 
@@ -156,7 +158,9 @@ def _read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, Mapping
                 for row in reader:
                     yield reader.line_num, row
             except csv.Error as exc:
-                raise DatasetError(f"{path} line {reader.line_num} is not valid CSV: {exc}.") from exc
+                raise DatasetError(
+                    f"{path} line {reader.line_num} is not valid CSV: {exc}."
+                ) from exc
     except FileNotFoundError as exc:
         raise DatasetError(f"{path} does not exist.") from exc
 
@@ -175,7 +179,9 @@ def _read_jsonl(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, Mappi
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path} line {number} is not valid JSON: {exc.msg}.") from exc
+                    raise DatasetError(
+                        f"{path} line {number} is not valid JSON: {exc.msg}."
+                    ) from exc
                 if not isinstance(row, dict):
                     raise DatasetError(f"{path} line {number} is not a JSON object.")
                 seen.update(row)

@@ -116,7 +116,9 @@ class Classifier:
             labels = self._labels[axis]
             best = proba.argmax(axis=1)
             confidence = proba[np.arange(len(texts)), best]
-            for result, index, value in zip(results, best.tolist(), confidence.tolist(), strict=True):
+            for result, index, value in zip(
+                results, best.tolist(), confidence.tolist(), strict=True
+            ):
                 result[axis] = Prediction(labels[index], value)
         return results
 

@@ -10,7 +10,10 @@ clinc150 validation split (+0.5 points there):
 - punctuation split off words for the char n-grams (+0.1 to +0.2): "card?" and "card" share
   their n-grams; apostrophes and hyphens inside a word stay, so Ukrainian "п'ять" is one word;
 - word block weighted 0.75 against the char block (+0.2): words overfit faster on short texts;
-- C=1.0, class_weight=None: C in 0.5-2 and "balanced" weights were all within 0.1 points;
+- C=1.0 (0.5 to 2 were within 0.2 points); class_weight="balanced": neutral on banking77
+  (-0.06 points) and a little better on the demo data (macro-F1 of every axis, 4x5-fold CV),
+  where the rare classes (urgent) are the ones that matter; tol=1e-3 gives the same
+  predictions as 1e-4 in 15% less time;
 - sigmoid calibration with ensemble=False: one LinearSVC fitted on all rows (0.907) beat the
   default average of per-fold models (0.905) and predicts five times faster.
 
@@ -38,6 +41,8 @@ from sklearn.utils.validation import check_is_fitted
 from classifiers.base import TrainingError
 
 C = 1.0
+CLASS_WEIGHT = "balanced"
+TOLERANCE = 1e-3
 WORD_WEIGHT = 0.75
 MAX_CALIBRATION_FOLDS = 5
 # Words whose n-gram ids are kept between batches; ~200 bytes each. Cleared when full.
@@ -201,7 +206,7 @@ def build_axis_classifier(
             "calibration needs at least 2 per class."
         )
     folds = min(MAX_CALIBRATION_FOLDS, n_samples_smallest_class)
-    svc = LinearSVC(C=C, class_weight=None, random_state=random_state)
+    svc = LinearSVC(C=C, class_weight=CLASS_WEIGHT, tol=TOLERANCE, random_state=random_state)
     return CalibratedClassifierCV(
         svc,
         method="sigmoid",

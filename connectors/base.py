@@ -7,10 +7,11 @@ before it) has been stored, so the pipeline can commit a batch and its checkpoin
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypedDict
 
 Checkpoint = dict[str, Any]
 """Opaque JSON-serialisable state owned by the connector (e.g. IMAP ``{uidvalidity, last_uid}``)."""
@@ -34,6 +35,36 @@ class RawItem:
     size: int = 0
     truncated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Post(TypedDict, total=False):
+    """A social post or direct message, as social connectors hand it to the pipeline.
+
+    Serialised as JSON into ``RawItem.raw`` (``format="post"``), so the store keeps exactly what
+    the connector saw and the content key recognises a post read twice.
+    """
+
+    channel: str  # "x", "telegram", "mastodon"
+    id: str
+    kind: str  # "mention", "reply", "dm", "message"
+    author_id: str
+    author_handle: str  # "@name" where the network has handles, else the user id
+    author_name: str
+    text: str
+    url: str | None
+    created_at: str  # ISO 8601, UTC
+    conversation_id: str | None
+    in_reply_to: str | None
+
+
+def post_item(source: str, source_id: str, post: Post) -> RawItem:
+    """The RawItem for one post; ``received_at`` is the post's own time when it has one."""
+    raw = json.dumps(post, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    created = post.get("created_at")
+    received = datetime.fromisoformat(created) if created else datetime.now(UTC)
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    return RawItem(source, source_id, raw, received, format="post", size=len(raw))
 
 
 class Connector(Protocol):

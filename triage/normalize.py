@@ -32,6 +32,7 @@ __all__ = [
     "NormalizationError",
     "ParsedEmail",
     "decode_bytes",
+    "guess_language",
     "html_to_text",
     "parse_email",
     "trim_for_classification",
@@ -61,6 +62,8 @@ class ParsedEmail:
     html_only: bool
     warnings: tuple[str, ...]  # decoding problems met and how they were resolved
     language: str  # "uk", "ru", "en" or "und"
+    channel: str = "email"  # "email", or the social network a post came from
+    url: str | None = None  # a link to the post, for social channels
 
 
 # --------------------------------------------------------------------------- charsets
@@ -1001,7 +1004,7 @@ _UK_LETTERS = "іїєґІЇЄҐ"
 _RU_LETTERS = "ыэъёЫЭЪЁ"
 
 
-def _guess_language(text: str) -> str:
+def guess_language(text: str) -> str:
     """Cheap script-based guess: uk / ru by their specific letters, en for Latin, else und."""
     sample = text[:4000]
     cyr = sum(map(len, _CYR_RUN_RE.findall(sample)))
@@ -1074,5 +1077,5 @@ def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
         attachments=tuple(walk.attachments),
         html_only="html" in kinds and "plain" not in kinds,
         warnings=_unique(warnings),
-        language=_guess_language(text),
+        language=guess_language(text),
     )

@@ -23,6 +23,7 @@ from classifiers.model import Classifier
 from connectors.base import Checkpoint, Connector, ConnectorError, RawItem
 from triage.config import Config
 from triage.normalize import ParsedEmail, parse_email
+from triage.posts import parse_post
 from triage.registry import ActiveClassifier
 from triage.routing import Route, Router
 from triage.store.database import Database
@@ -238,9 +239,13 @@ def _drop_known(
     return fresh, outcomes
 
 
+NORMALIZERS = {"rfc822": parse_email, "post": parse_post}
+"""How each RawItem format becomes a normalized record; a new format is one entry."""
+
+
 def _normalize(entry: _Parsed) -> None:
     try:
-        entry.email = parse_email(entry.item.raw)
+        entry.email = NORMALIZERS[entry.item.format](entry.item.raw)
     except Exception as exc:  # a poison message must not block the batch
         log.warning("%s cannot be parsed, quarantined: %s", entry.item.source_id, exc)
         entry.error = f"{type(exc).__name__}: {exc}"
@@ -286,7 +291,7 @@ def _add_message(session: Session, entry: _Parsed) -> Message:
         source=item.source,
         source_id=item.source_id,
         content_key=entry.key,
-        channel="email",
+        channel=email.channel,
         customer_id=customer.id if customer else None,
         conversation_id=conversation.id if conversation else None,
         header_message_id=email.message_id,
@@ -312,12 +317,12 @@ def _add_message(session: Session, entry: _Parsed) -> Message:
 def _customer(session: Session, email: ParsedEmail) -> Customer:
     customer = session.scalars(
         select(Customer).where(
-            Customer.channel == "email", Customer.address == email.sender_address
+            Customer.channel == email.channel, Customer.address == email.sender_address
         )
     ).first()
     if customer is None:
         customer = Customer(
-            channel="email", address=email.sender_address, display_name=email.sender_name
+            channel=email.channel, address=email.sender_address, display_name=email.sender_name
         )
         session.add(customer)
         session.flush()
@@ -329,7 +334,7 @@ def _customer(session: Session, email: ParsedEmail) -> Customer:
 def _conversation(
     session: Session, email: ParsedEmail, customer: Customer, item: RawItem
 ) -> Conversation:
-    key = f"email:{email.thread_key}"
+    key = f"{email.channel}:{email.thread_key}"
     conversation = session.scalars(
         select(Conversation).where(Conversation.thread_key == key)
     ).first()
