@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
+from triage.faults import crash_point
 from triage.store.database import Database
 from triage.store.schema import Classification, Forward, Message, utcnow
 
@@ -227,6 +228,7 @@ class Forwarder:
             if forward is None or forward.status != "pending":
                 return
             message = compose(session, forward, self.settings)
+            crash_point("smtp-sending")
             try:
                 self.transport.send(
                     message, self.settings.from_address, [*forward.to_addrs, *forward.cc_addrs]
@@ -234,6 +236,7 @@ class Forwarder:
             except DeliveryError as exc:
                 self._failed_attempt(forward, exc, now, result)
                 return
+            crash_point("smtp-accepted")
             forward.status, forward.sent_at, forward.last_error = "sent", utcnow(), None
             forward.attempts += 1
             result.sent += 1

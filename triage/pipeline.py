@@ -22,6 +22,7 @@ from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import Checkpoint, Connector, ConnectorError, RawItem
 from triage.config import Config
+from triage.faults import crash_point
 from triage.normalize import ParsedEmail, parse_email
 from triage.posts import parse_post
 from triage.registry import ActiveClassifier
@@ -126,14 +127,17 @@ class Pipeline:
         self, source: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
     ) -> list[Outcome]:
         parsed = [_Parsed(item, hashlib.sha256(item.raw).hexdigest()) for item, _ in batch]
+        crash_point("fetched")
         with self.db.transaction() as session:
             fresh, outcomes = _drop_known(session, source, parsed)
             for entry in fresh:
                 _normalize(entry)
             self._classify([e for e in fresh if e.email is not None], model)
+            crash_point("classified")
             for entry in fresh:
                 outcomes.append(self._store(session, entry, model))
             _save_checkpoint(session, source, batch[-1][1])
+        crash_point("committed")
         return outcomes
 
     def _classify(self, entries: list[_Parsed], model: Classifier | None) -> None:
