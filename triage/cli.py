@@ -476,3 +476,43 @@ def quarantine_list(ctx: Context) -> None:
     """Quarantined messages with their errors."""
     config = ctx.config()
     out.print(reports.quarantine_table(ctx.database(config)))
+
+
+@quarantine_group.command("show")
+@click.argument("message_id", type=int)
+@click.option("--raw", is_flag=True, help="Write the raw bytes to stdout, as received.")
+@pass_context
+def quarantine_show(ctx: Context, message_id: int, raw: bool) -> None:
+    """One quarantined message: its error, source and headers (or --raw bytes)."""
+    config = ctx.config()
+    message = reports.quarantined(ctx.database(config), message_id)
+    if message is None:
+        err.print(f"no quarantined message {message_id}; see `triage quarantine list`")
+        sys.exit(1)
+    if raw:
+        sys.stdout.buffer.write(message.raw)
+        return
+    out.print(f"message {message.id} from {message.source_id} ({message.size} bytes)")
+    out.print(f"error: {message.error}", highlight=False)
+    head = message.raw.split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    out.print(head or "(no headers)", highlight=False, markup=False)
+
+
+@quarantine_group.command("retry")
+@click.argument("message_ids", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every quarantined message.")
+@pass_context
+def quarantine_retry(ctx: Context, message_ids: tuple[int, ...], retry_all: bool) -> None:
+    """Process quarantined messages again, after the cause was fixed; exit 1 if some still fail."""
+    if not message_ids and not retry_all:
+        raise click.UsageError("name message ids or pass --all")
+    config = ctx.config()
+    worker = Worker(config, ctx.database(config))
+    outcomes = worker.pipeline.retry_quarantined(None if retry_all else list(message_ids))
+    outbox = worker.flush_outbox()
+    still = sum(1 for o in outcomes if o.status == "quarantined")
+    out.print(
+        f"{len(outcomes) - still} message(s) processed, {still} still quarantined; "
+        f"{outbox.sent} forward(s) delivered"
+    )
+    sys.exit(1 if still else 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import make_msgid
 from itertools import islice
@@ -126,18 +126,51 @@ class Pipeline:
     def _process(
         self, source: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
     ) -> list[Outcome]:
-        parsed = [_Parsed(item, hashlib.sha256(item.raw).hexdigest()) for item, _ in batch]
         crash_point("fetched")
         with self.db.transaction() as session:
-            fresh, outcomes = _drop_known(session, source, parsed)
-            for entry in fresh:
-                _normalize(entry)
-            self._classify([e for e in fresh if e.email is not None], model)
-            crash_point("classified")
-            for entry in fresh:
-                outcomes.append(self._store(session, entry, model))
+            outcomes = self._record(session, source, [item for item, _ in batch], model)
             _save_checkpoint(session, source, batch[-1][1])
         crash_point("committed")
+        return outcomes
+
+    def _record(
+        self, session: Session, source: str, items: list[RawItem], model: Classifier | None
+    ) -> list[Outcome]:
+        """Normalize, classify, route and store ``items`` in the caller's transaction."""
+        parsed = [_Parsed(item, hashlib.sha256(item.raw).hexdigest()) for item in items]
+        fresh, outcomes = _drop_known(session, source, parsed)
+        for entry in fresh:
+            _normalize(entry)
+        self._classify([e for e in fresh if e.email is not None], model)
+        crash_point("classified")
+        for entry in fresh:
+            outcomes.append(self._store(session, entry, model))
+        return outcomes
+
+    def retry_quarantined(self, message_ids: Sequence[int] | None) -> list[Outcome]:
+        """Process quarantined messages again (after a fix); None retries all of them.
+
+        The old rows are replaced in the same transaction, so a crash leaves them quarantined.
+        """
+        model = self.classifier.current()
+        outcomes: list[Outcome] = []
+        with self.db.transaction() as session:
+            query = select(Message).where(Message.status == "quarantined").order_by(Message.id)
+            if message_ids is not None:
+                query = query.where(Message.id.in_(message_ids))
+            for row in session.scalars(query).all():
+                item = RawItem(
+                    row.source,
+                    row.source_id,
+                    row.raw,
+                    row.received_at,
+                    format="rfc822" if row.channel == "email" else "post",
+                    size=row.size,
+                    truncated=row.truncated,
+                )
+                session.delete(row)
+                session.flush()
+                outcomes.extend(self._record(session, row.source, [item], model))
         return outcomes
 
     def _classify(self, entries: list[_Parsed], model: Classifier | None) -> None:
@@ -275,6 +308,7 @@ def _quarantine(session: Session, entry: _Parsed, error: str) -> Outcome:
             source=entry.item.source,
             source_id=entry.item.source_id,
             content_key=entry.key,
+            channel="email" if entry.item.format == "rfc822" else "social",
             received_at=entry.item.received_at,
             size=entry.item.size or len(entry.item.raw),
             truncated=entry.item.truncated,

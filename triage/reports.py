@@ -190,3 +190,10 @@ def quarantine_table(db: Database) -> Table:
         for m in rows:
             table.add_row(str(m.id), m.source_id, str(m.size), m.error or "")
     return table
+
+
+def quarantined(db: Database, message_id: int) -> Message | None:
+    """One quarantined message, or None."""
+    with db.session() as session:
+        message = session.get(Message, message_id)
+        return message if message is not None and message.status == "quarantined" else None
