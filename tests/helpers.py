@@ -48,9 +48,9 @@ def make_email(
     """One realistic RFC 5322 message as bytes, encoded as mail clients do (RFC 2047 headers)."""
     message = MIMEText(body, "plain", charset)
     name, address = parseaddr(sender)
-    message["From"] = formataddr((str(Header(name, charset)), address)) if name else address
+    message["From"] = formataddr((name, address)) if name else address
     message["To"] = to
-    message["Subject"] = Header(subject, charset)
+    message["Subject"] = Header(subject, "us-ascii" if subject.isascii() else charset)
     message["Message-ID"] = make_msgid(domain="example.com")
     if date is not None:
         message["Date"] = format_datetime(date)
