@@ -209,3 +209,18 @@ def test_directory_transport_writes_one_file_per_forward(tmp_path: Path, db: Dat
     [written] = list((tmp_path / "forwards").iterdir())
     assert written.name == "triage.1_shop.test.eml"
     assert message_from_bytes(written.read_bytes())["Message-ID"] == "<triage.1@shop.test>"
+
+
+def test_customer_text_cannot_inject_headers(tmp_path: Path, db: Database) -> None:
+    config = make_config(tmp_path)
+    forward_id = queue_forward(db)
+    with db.transaction() as session:
+        forward = session.get(Forward, forward_id)
+        assert forward is not None
+        forward.message.subject = "Hello\r\nBcc: victim@example.org\r\n\r\nfake body" + "x" * 500
+    assert Forwarder(db, config, make_transport(config)).flush().sent == 1
+    [written] = list((tmp_path / "forwards").iterdir())
+    mail = message_from_bytes(written.read_bytes(), policy=default)
+    assert mail["Bcc"] is None
+    assert "Bcc: victim@example.org" in mail["Subject"]  # harmless text, one header
+    assert len(mail["Subject"]) < 260

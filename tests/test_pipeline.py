@@ -80,3 +80,24 @@ def test_a_replayed_batch_adds_nothing_twice(
     with worker.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Forward)) == 2
     assert len(list((tmp_path / "forwards").glob("*.eml"))) == 2
+
+
+def test_a_flooding_sender_is_capped(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> None:
+    box = tmp_path / "Maildir"
+    for i in range(4):
+        subject, body = tiny_text("complaint", "billing")
+        deliver(box, f"{i}.m", make_email(f"{subject} {i}", body, sender="loop@example.com"))
+    source = {"name": "box", "type": "maildir", "path": str(box)}
+    routing = {
+        "review_department": "review",
+        "min_confidence": 0.0,
+        "max_forwards_per_sender_per_hour": 2,
+    }
+    worker = Worker(make_config(tmp_path, sources=[source], routing=routing))
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    result = worker.run_once()
+    assert result.polls[0].count("stored") == 4
+    assert result.outbox.sent == 2
+    reasons = [o.route.reason for o in result.polls[0].outcomes if o.route]
+    assert sum("over 2 forwards from this sender" in reason for reason in reasons) == 2

@@ -90,6 +90,7 @@ class Routing(_Section):
     escalation_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
     review_department: str | None = None
     min_confidence: float = Field(default=0.45, ge=0, le=1)
+    max_forwards_per_sender_per_hour: int = Field(default=10, ge=1)
     rules: tuple[Rule, ...] = ()
 
 

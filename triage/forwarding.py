@@ -44,6 +44,9 @@ LOOP_HEADER = "X-Triage-Forward"
 
 MAX_BACKOFF = timedelta(hours=1)
 
+MAX_SUBJECT = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
 UTF8_QP = Charset("utf-8")
 UTF8_QP.body_encoding = QP  # readable in any client, safe through 7-bit relays
 
@@ -348,7 +351,8 @@ def _labels(session: Session, message_id: int) -> dict[str, Classification]:
 def _subject(message: Message, labels: dict[str, Classification], urgent: bool) -> str:
     tags = "/".join(labels[axis].label for axis in ("kind", "area") if axis in labels)
     prefix = "[URGENT] " if urgent else ""
-    subject = message.subject or "(no subject)"
+    # Customer text never reaches a header raw: no CR/LF or other controls, bounded length.
+    subject = _CONTROL.sub(" ", message.subject).strip()[:MAX_SUBJECT] or "(no subject)"
     return f"{prefix}[{tags or 'triage'}] {subject}"
 
 

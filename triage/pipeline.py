@@ -11,11 +11,12 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.utils import make_msgid
 from itertools import islice
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
@@ -192,6 +193,12 @@ class Pipeline:
             return _quarantine(session, entry, entry.error or "not parsed")
         entry.route = self._route(entry)
         message = _add_message(session, entry)
+        if entry.route.department and self._over_sender_cap(session, message):
+            cap = self.config.routing.max_forwards_per_sender_per_hour
+            entry.route = Route(
+                None, f"not forwarded: over {cap} forwards from this sender in an hour"
+            )
+            message.routing = entry.route.reason
         if entry.predictions and model is not None:
             session.add_all(
                 Classification(
@@ -214,6 +221,19 @@ class Pipeline:
             entry.predictions,
             entry.route,
         )
+
+    def _over_sender_cap(self, session: Session, message: Message) -> bool:
+        """A loop guard: a sender (or a broken auto-responder) cannot flood a department."""
+        if message.customer_id is None:
+            return False
+        since = message.received_at - timedelta(hours=1)
+        recent = session.scalar(
+            select(func.count())
+            .select_from(Forward)
+            .join(Message, Forward.message_id == Message.id)
+            .where(Message.customer_id == message.customer_id, Message.received_at > since)
+        )
+        return (recent or 0) >= self.config.routing.max_forwards_per_sender_per_hour
 
     def _route(self, entry: _Parsed) -> Route:
         if entry.item.truncated:
