@@ -119,6 +119,11 @@ class Schedule(_Section):
     outbox_interval: float = Field(default=15.0, gt=0)
 
 
+class Alerts(_Section):
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    after_failures: int = Field(default=3, ge=1)
+
+
 class Logging(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -138,6 +143,7 @@ class Config(_Section):
     smtp: Smtp | None = None
     classifier: Classifier = Classifier()
     schedule: Schedule = Schedule()
+    alerts: Alerts = Alerts()
     logging: Logging = Logging()
 
     @model_validator(mode="after")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 from itertools import islice
 from typing import TypeVar
@@ -41,6 +42,8 @@ from triage.store.schema import (
 
 log = logging.getLogger(__name__)
 
+MAX_SOURCE_BACKOFF = 3600.0
+
 T = TypeVar("T")
 
 
@@ -64,6 +67,8 @@ class PollResult:
     source: str
     outcomes: list[Outcome] = field(default_factory=list)
     error: str | None = None
+    streak: int = 0  # failed polls in a row, this one included
+    recovered_from: int = 0  # the streak this successful poll ended
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
@@ -103,12 +108,12 @@ class Pipeline:
                 result.outcomes.extend(self._process(name, batch, model))
         except ConnectorError as exc:
             result.error = str(exc)
-            self._record_failure(name, str(exc))
-            log.warning("%s: poll failed: %s", name, exc)
+            result.streak = self._record_failure(name, str(exc))
+            log.warning("%s: poll failed (%d in a row): %s", name, result.streak, exc)
             return result
         finally:
             connector.close()
-        self._record_success(name)
+        result.recovered_from = self._record_success(name)
         log.info(
             "%s: %d new, %d already stored, %d quarantined, %d queued for forwarding",
             name,
@@ -255,17 +260,33 @@ class Pipeline:
             rfc_message_id=make_msgid("triage", domain=domain),
         )
 
-    def _record_success(self, name: str) -> None:
+    def _record_success(self, name: str) -> int:
+        """Mark the source healthy; returns the failure streak this success ended."""
         with self.db.transaction() as session:
             state = _state(session, name)
+            streak = state.error_streak
             state.last_success_at, state.error_streak, state.last_error = utcnow(), 0, None
+            return streak
 
-    def _record_failure(self, name: str, error: str) -> None:
+    def _record_failure(self, name: str, error: str) -> int:
+        """Count a failed poll; returns the streak, which sets the backoff."""
         with self.db.transaction() as session:
             state = _state(session, name)
             state.error_streak += 1
             state.last_error = error
             state.updated_at = utcnow()
+            return state.error_streak
+
+    def backoff_until(self, name: str, base_seconds: float) -> datetime | None:
+        """When a failing source may be polled again (exponential, jittered); None if healthy."""
+        with self.db.session() as session:
+            state = session.get(SourceState, name)
+            if state is None or state.error_streak == 0:
+                return None
+            # Jitter fixed per (source, streak), so every check agrees on the same instant.
+            jitter = random.Random(f"{name}:{state.error_streak}").uniform(0.5, 1.0)
+            delay = min(MAX_SOURCE_BACKOFF, base_seconds * 2 ** (state.error_streak - 1))
+            return state.updated_at + timedelta(seconds=delay * jitter)
 
 
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

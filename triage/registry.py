@@ -8,6 +8,7 @@ when it changes, so activating a model needs no restart.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,11 @@ class ModelRegistry:
 class ActiveClassifier:
     """Caches the loaded active model and reloads it when another version is activated."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self, registry: ModelRegistry, on_problem: Callable[[str], None] | None = None
+    ) -> None:
         self.registry = registry
+        self.on_problem = on_problem
         self._classifier: Classifier | None = None
         self._problem: str | None = None
 
@@ -110,6 +114,8 @@ class ActiveClassifier:
             if str(exc) != self._problem:
                 log.error("%s; messages are stored and sent to review meanwhile", exc)
                 self._problem = str(exc)
+                if self.on_problem is not None:
+                    self.on_problem(f"{exc}; messages are stored and sent to review meanwhile.")
             return None
         if self._problem:
             log.info("model %s is active again", self._classifier.version)

@@ -23,6 +23,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from triage.alerts import Alerter
 from triage.config import Config
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
@@ -51,14 +52,28 @@ class Worker:
         self.config = config
         self.db = db or Database(config.database.url)
         self.registry = ModelRegistry(self.db, config.classifier.models_dir)
-        self.pipeline = Pipeline(self.db, config, Router(config), ActiveClassifier(self.registry))
+        self.alerter = Alerter(config, make_transport(config))
+        classifier = ActiveClassifier(self.registry, on_problem=self.alerter.model_problem)
+        self.pipeline = Pipeline(self.db, config, Router(config), classifier)
         self.forwarder = Forwarder(self.db, config, make_transport(config))
         self._flush_lock = threading.Lock()
 
     def poll(self, name: str) -> PollResult:
-        """One poll of the source called ``name``."""
+        """One poll of the source called ``name``, now, whatever its backoff."""
         source = self.config.source(name)
-        return self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
+        result = self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
+        self.alerter.after_poll(result)
+        return result
+
+    def poll_if_due(self, name: str) -> PollResult | None:
+        """The scheduled poll: a failing source waits out its backoff; others are not held up."""
+        source = self.config.source(name)
+        interval = source.poll_interval or self.config.schedule.poll_interval
+        until = self.pipeline.backoff_until(name, interval)
+        if until is not None and _now() < until:
+            log.debug("%s: backing off until %s", name, until)
+            return None
+        return self.poll(name)
 
     def flush_outbox(self) -> FlushResult:
         """Deliver what is due; one flush at a time in this process."""
@@ -83,7 +98,7 @@ class Worker:
         for source in self.config.sources:
             interval = source.poll_interval or self.config.schedule.poll_interval
             scheduler.add_job(
-                self.poll,
+                self.poll_if_due,
                 "interval",
                 args=[source.name],
                 seconds=interval,

@@ -1,0 +1,69 @@
+"""Tells the admin by email when something needs attention: once when it breaks, once when it heals.
+
+A source is reported after ``alerts.after_failures`` failed polls in a row (the transition, not
+every failure), and again at its first success after that; a model that cannot be loaded is
+reported once per distinct problem. Alerts go through the forwarder's transport and carry the
+loop-guard header, so an admin mailbox that is also a source never triages them.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.header import Header
+from email.mime.text import MIMEText
+from email.utils import format_datetime, make_msgid
+
+from triage.config import Config
+from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport
+from triage.pipeline import PollResult
+from triage.store.schema import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Alerter:
+    """Sends one-sentence alerts to ``[alerts] email`` (or only logs them when none is set)."""
+
+    def __init__(self, config: Config, transport: Transport) -> None:
+        self.settings = config.alerts
+        self.sender = config.forwarding.from_address
+        self.transport = transport
+
+    def after_poll(self, result: PollResult) -> None:
+        """Alert on the poll that crossed the failure threshold, and on the recovery after it."""
+        threshold = self.settings.after_failures
+        if result.error and result.streak == threshold:
+            self.send(
+                f"source {result.source} is failing",
+                f"Source {result.source} failed {threshold} polls in a row: {result.error}\n\n"
+                "The worker keeps retrying with backoff and will tell you when it recovers; "
+                f"check it with `triage poll {result.source}`.",
+            )
+        elif not result.error and result.recovered_from >= threshold:
+            self.send(
+                f"source {result.source} recovered",
+                f"Source {result.source} polls again after {result.recovered_from} failures.",
+            )
+
+    def model_problem(self, problem: str) -> None:
+        self.send("no usable model: messages go to review", problem)
+
+    def send(self, subject: str, text: str) -> None:
+        """Deliver one alert now; a failure is logged, never raised (alerts must not stop work)."""
+        log.warning("alert: %s", subject)
+        if not self.settings.email:
+            return
+        mail = MIMEText(text + "\n", "plain", UTF8_QP)
+        mail["From"] = self.sender
+        mail["To"] = self.settings.email
+        mail["Subject"] = Header(f"[triage alert] {subject}", "utf-8")
+        mail["Date"] = format_datetime(utcnow())
+        mail["Message-ID"] = make_msgid("triage-alert", domain=self.sender.rpartition("@")[2])
+        mail["Auto-Submitted"] = "auto-generated"
+        mail[LOOP_HEADER] = "alert"
+        try:
+            self.transport.send(mail, self.sender, [self.settings.email])
+        except DeliveryError as exc:
+            log.error("could not send the alert %r: %s", subject, exc)
+        finally:
+            self.transport.close()
