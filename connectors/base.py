@@ -8,7 +8,7 @@ before it) has been stored, so the pipeline can commit a batch and its checkpoin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
@@ -74,6 +74,10 @@ class Connector(Protocol):
 
     def fetch(self, checkpoint: Checkpoint | None) -> Iterator[tuple[RawItem, Checkpoint]]: ...
 
+    def acknowledge(self, items: Sequence[RawItem]) -> None:
+        """Called during ``fetch`` once ``items`` are committed: mark, flag or move them now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,3 +91,15 @@ class ConnectorUnavailable(ConnectorError):
 
 class ConnectorAuthError(ConnectorError):
     """A permanent failure (login refused, folder missing): retrying will not help until fixed."""
+
+
+class ConnectorRateLimited(ConnectorUnavailable):
+    """The service asked us to slow down: do not poll this source again before ``retry_at``.
+
+    Raised instead of sleeping inside the poll (as tweepy's ``wait_on_rate_limit`` would), so a
+    rate-limited source never holds a worker thread and never blocks other sources.
+    """
+
+    def __init__(self, message: str, retry_at: datetime) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at

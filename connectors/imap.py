@@ -47,6 +47,8 @@ class ImapConnector:
         timeout: seconds for connect and every read.
         batch_size: UIDs per ``FETCH BODY.PEEK[]``.
         max_message_bytes: larger messages are fetched as headers only and marked truncated.
+        post_action: what to do with a message once it is stored: "none" (the folder is opened
+            read only), "seen", "keyword:<name>" or "move:<folder>".
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class ImapConnector:
         timeout: float = 30.0,
         batch_size: int = 500,
         max_message_bytes: int = 25_000_000,
+        post_action: str = "none",
     ) -> None:
         self.name = name
         self.host = host
@@ -75,6 +78,8 @@ class ImapConnector:
         self.timeout = timeout
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
+        self.post_action = post_action
+        self._client: IMAPClient | None = None
 
     @property
     def _where(self) -> str:
@@ -94,17 +99,36 @@ class ImapConnector:
             raise
         except Exception as exc:
             raise self._translate(exc) from exc
+        self.close()
+        self._client = client  # kept until close(), so acknowledge() can follow the last batch
         try:
             yield from self._fetch_folder(client, checkpoint)
         except ConnectorError:
             raise
         except Exception as exc:
             raise self._translate(exc) from exc
-        finally:
-            _logout_quietly(client)
+
+    def acknowledge(self, items: Sequence[RawItem]) -> None:
+        """Apply the post-action to stored messages; repeating it changes nothing."""
+        uids = [item.extra["uid"] for item in items if "uid" in item.extra]
+        if self.post_action == "none" or not uids or self._client is None:
+            return
+        action, _, argument = self.post_action.partition(":")
+        try:
+            if action == "seen":
+                self._client.add_flags(uids, [b"\\Seen"])
+            elif action == "keyword":
+                self._client.add_flags(uids, [argument.encode()])
+            elif action == "move":
+                self._client.move(uids, argument)
+        except Exception as exc:
+            raise self._translate(exc) from exc
 
     def close(self) -> None:
-        """Connections live for one fetch; nothing stays open between polls."""
+        """Log out: a connection lives for one poll, nothing stays open between polls."""
+        client, self._client = self._client, None
+        if client is not None:
+            _logout_quietly(client)
 
     def _connect(self) -> IMAPClient:
         context = ssl.create_default_context(cafile=self.cafile) if self.tls != "plain" else None
@@ -131,7 +155,11 @@ class ImapConnector:
         self, client: IMAPClient, checkpoint: Checkpoint | None
     ) -> Iterator[tuple[RawItem, Checkpoint]]:
         try:
-            info = client.select_folder(self.folder, readonly=True)
+            if self.post_action.startswith("move:"):
+                target = self.post_action.partition(":")[2]
+                if not client.folder_exists(target):
+                    client.create_folder(target)
+            info = client.select_folder(self.folder, readonly=self.post_action == "none")
         except IMAPClientError as exc:
             raise ConnectorAuthError(
                 f"{self._where} cannot open folder {self.folder!r}: {exc}"
@@ -199,6 +227,7 @@ class ImapConnector:
                     received_at=_as_utc(internal_date),
                     size=size,
                     truncated=uid in oversized,
+                    extra={"uid": uid},
                 ),
             )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import mailbox
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,9 @@ class MaildirConnector:
         for entry in entries:
             watermark = max(watermark, entry.ctime_ns)
             yield self._read(entry), {"ctime_ns": watermark}
+
+    def acknowledge(self, items: Sequence[RawItem]) -> None:
+        """Maildir sources are read only: nothing to mark."""
 
     def close(self) -> None:
         """Nothing to release: files are opened and closed per message."""

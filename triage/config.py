@@ -47,6 +47,7 @@ class ImapSource(_TlsEndpoint):
     port: int = Field(default=993, gt=0, lt=65536)
     username: str
     folder: str = "INBOX"
+    post_action: str = Field(default="none", pattern=r"^(none|seen|keyword:\S+|move:.+)$")
     batch_size: int = Field(default=500, ge=1, le=5000)
     max_message_bytes: int = Field(default=25_000_000, ge=1024)
     poll_interval: float | None = Field(default=None, gt=0)
@@ -67,7 +68,50 @@ class MaildirSource(_Section):
     poll_interval: float | None = Field(default=None, gt=0)
 
 
-Source = Annotated[ImapSource | MaildirSource, Field(discriminator="type")]
+class _SocialSource(_Section):
+    """A social channel: an API token named (env or file), and where the API lives."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    token_env: str | None = None
+    token_file: Path | None = None
+    batch_size: int = Field(default=100, ge=1, le=5000)
+    poll_interval: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_token(self) -> _SocialSource:
+        if not (self.token_env or self.token_file):
+            raise ValueError("set token_env or token_file for the API token")
+        return self
+
+
+class XSource(_SocialSource):
+    type: Literal["x"]
+    api_base_url: str = Field(default="https://api.twitter.com", pattern=r"^https?://")
+    user_id: str = Field(pattern=r"^[0-9]+$")  # the support account whose mentions are read
+    direct_messages: bool = False  # needs an OAuth 2.0 user token with dm.read
+    page_size: int = Field(default=100, ge=5, le=100)
+
+
+class TelegramSource(_SocialSource):
+    type: Literal["telegram"]
+    api_base_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://")
+    bot_username: str | None = None  # asked of getMe when left out
+    long_poll_seconds: int = Field(default=10, ge=0, le=50)
+    batch_size: int = Field(default=100, ge=1, le=100)
+
+
+class MastodonSource(_SocialSource):
+    type: Literal["mastodon"]
+    api_base_url: str = Field(pattern=r"^https?://")  # the instance, e.g. https://mastodon.social
+    mastodon_version: str = "4.2.0"
+    page_size: int = Field(default=40, ge=1, le=80)
+
+
+SocialSource = XSource | TelegramSource | MastodonSource
+AnySource = ImapSource | MaildirSource | SocialSource
+Source = Annotated[AnySource, Field(discriminator="type")]
+SOURCE_TYPES = ("imap", "maildir", "x", "telegram", "mastodon")
 
 
 class Department(_Section):
@@ -166,7 +210,7 @@ class Config(_Section):
             raise ValueError("forwarding.transport is 'smtp' but there is no [smtp] section")
         return self
 
-    def source(self, name: str) -> ImapSource | MaildirSource:
+    def source(self, name: str) -> AnySource:
         """The source called ``name``; ConfigError listing the known names otherwise."""
         for source in self.sources:
             if source.name == name:
@@ -220,9 +264,9 @@ def _first_error(exc: ValidationError) -> str:
     if error["type"] == "missing":
         return f"{loc} is required"
     if error["type"] == "union_tag_invalid":
-        return f"{loc}.type must be one of 'imap', 'maildir'"
+        return f"{loc}.type must be one of " + ", ".join(repr(t) for t in SOURCE_TYPES)
     if error["type"] == "union_tag_not_found":
-        return f"{loc}.type is required ('imap' or 'maildir')"
+        return f"{loc}.type is required (" + ", ".join(repr(t) for t in SOURCE_TYPES) + ")"
     return f"{loc}: {message}" if loc else message
 
 
@@ -231,7 +275,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("imap", "maildir"):  # pydantic's discriminator level, not a key of the file
+        elif part in SOURCE_TYPES:  # pydantic's discriminator level, not a key of the file
             continue
         else:
             path += f".{part}" if path else str(part)
@@ -280,19 +324,33 @@ def resolve_secret(secret: Secret, key: str) -> str:
             )
         return value
     if secret.password_file:
-        return _read_secret_file(secret.password_file, key)
+        return _read_secret_file(secret.password_file, f"{key}.password_file")
     raise ConfigError(f"{key}: set password_env or password_file")
+
+
+def resolve_token(source: SocialSource, key: str) -> str:
+    """Read the API token a social source names (``token_env`` or ``token_file``).
+
+    Raises:
+        ConfigError: the variable is unset, the file is missing, or readable by everyone.
+    """
+    if source.token_env:
+        value = os.environ.get(source.token_env)
+        if not value:
+            raise ConfigError(f"{key}.token_env: environment variable {source.token_env} is not set")
+        return value.strip()
+    if source.token_file:
+        return _read_secret_file(source.token_file, f"{key}.token_file")
+    raise ConfigError(f"{key}: set token_env or token_file")
 
 
 def _read_secret_file(path: Path, key: str) -> str:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise ConfigError(f"{key}.password_file: {path} does not exist") from None
+        raise ConfigError(f"{key}: {path} does not exist") from None
     if mode & stat.S_IROTH:
-        raise ConfigError(
-            f"{key}.password_file: {path} is readable by everyone; run chmod o-r {path}"
-        )
+        raise ConfigError(f"{key}: {path} is readable by everyone; run chmod o-r {path}")
     return path.read_text(encoding="utf-8").strip()
 
 
@@ -301,5 +359,7 @@ def check_secrets(config: Config) -> None:
     for i, source in enumerate(config.sources):
         if isinstance(source, ImapSource):
             resolve_secret(source, f"sources[{i}]")
+        elif isinstance(source, XSource | TelegramSource | MastodonSource):
+            resolve_token(source, f"sources[{i}]")
     if config.smtp and (config.smtp.password_env or config.smtp.password_file):
         resolve_secret(config.smtp, "smtp")

@@ -106,6 +106,7 @@ class Pipeline:
         try:
             for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
                 result.outcomes.extend(self._process(name, batch, model))
+                connector.acknowledge([item for item, _ in batch])  # only after the commit
         except ConnectorError as exc:
             result.error = str(exc)
             result.streak = self._record_failure(name, str(exc))

@@ -27,6 +27,7 @@ def make_connector(config: Config, name: str) -> Connector:
             timeout=source.timeout,
             batch_size=source.batch_size,
             max_message_bytes=source.max_message_bytes,
+            post_action=source.post_action,
         )
     assert isinstance(source, MaildirSource)
     return MaildirConnector(source.name, source.path, source.max_message_bytes)
