@@ -31,6 +31,7 @@ from triage.config import Config, check_secrets, load_config
 from triage.errors import TriageError
 from triage.forwarding import requeue
 from triage.pipeline import PollResult
+from triage.privacy import forget
 from triage.registry import ModelRegistry
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
@@ -516,3 +517,40 @@ def quarantine_retry(ctx: Context, message_ids: tuple[int, ...], retry_all: bool
         f"{outbox.sent} forward(s) delivered"
     )
     sys.exit(1 if still else 0)
+
+
+@cli.command("purge")
+@pass_context
+def purge(ctx: Context) -> None:
+    """Apply [retention] raw_days now: erase old raw messages, keep their classifications."""
+    config = ctx.config()
+    if not config.retention.raw_days:
+        out.print("retention.raw_days is 0: messages are kept forever, nothing to purge")
+        return
+    count = Worker(config, ctx.database(config)).purge()
+    out.print(f"erased the raw message and text of {count} message(s)")
+
+
+@cli.group("customers")
+def customers_group() -> None:
+    """A customer's identities and personal data."""
+
+
+@customers_group.command("forget")
+@click.argument("address")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def customers_forget(ctx: Context, address: str, yes: bool) -> None:
+    """Erase every message, conversation and identity of ADDRESS (a right-to-erasure request)."""
+    config = ctx.config()
+    db = ctx.database(config)
+    if not yes:
+        click.confirm(f"Erase everything stored about {address}?", abort=True)
+    gone = forget(db, address)
+    if not gone.identities:
+        err.print(f"nothing is stored about {address}")
+        sys.exit(1)
+    out.print(
+        f"erased {address}: {gone.identities} identity(ies), {gone.messages} message(s), "
+        f"{gone.conversations} conversation(s), {gone.forwards} forward record(s)"
+    )

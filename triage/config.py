@@ -168,6 +168,10 @@ class Alerts(_Section):
     after_failures: int = Field(default=3, ge=1)
 
 
+class Retention(_Section):
+    raw_days: int = Field(default=0, ge=0)
+
+
 class Logging(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -188,6 +192,7 @@ class Config(_Section):
     classifier: Classifier = Classifier()
     schedule: Schedule = Schedule()
     alerts: Alerts = Alerts()
+    retention: Retention = Retention()
     logging: Logging = Logging()
 
     @model_validator(mode="after")
@@ -337,7 +342,9 @@ def resolve_token(source: SocialSource, key: str) -> str:
     if source.token_env:
         value = os.environ.get(source.token_env)
         if not value:
-            raise ConfigError(f"{key}.token_env: environment variable {source.token_env} is not set")
+            raise ConfigError(
+                f"{key}.token_env: environment variable {source.token_env} is not set"
+            )
         return value.strip()
     if source.token_file:
         return _read_secret_file(source.token_file, f"{key}.token_file")

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from apscheduler.events import (
@@ -27,6 +27,7 @@ from triage.alerts import Alerter
 from triage.config import Config
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
+from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
 from triage.sources import make_connector
@@ -35,6 +36,7 @@ from triage.store.database import Database
 log = logging.getLogger(__name__)
 
 OUTBOX_JOB = "flush-outbox"
+PURGE_JOB = "purge-retention"
 
 
 @dataclass
@@ -80,6 +82,15 @@ class Worker:
         with self._flush_lock:
             return self.forwarder.flush()
 
+    def purge(self) -> int:
+        """Apply the retention policy now; returns how many messages were erased."""
+        days = self.config.retention.raw_days
+        if not days:
+            return 0
+        count = purge_before(self.db, _now() - timedelta(days=days))
+        log.info("retention: erased the text of %d message(s) older than %d days", count, days)
+        return count
+
     def run_once(self) -> PassResult:
         """Poll every source once, then flush the outbox."""
         result = PassResult()
@@ -115,6 +126,8 @@ class Worker:
             misfire_grace_time=max(1, int(outbox)),
             next_run_time=_now(),
         )
+        if self.config.retention.raw_days:
+            scheduler.add_job(self.purge, "interval", hours=24, id=PURGE_JOB, next_run_time=_now())
         scheduler.add_listener(
             _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
         )

@@ -128,6 +128,7 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None]
 
     customer: Mapped[Customer | None] = relationship()
     classifications: Mapped[list[Classification]] = relationship(
@@ -190,6 +191,7 @@ class SourceState(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     error_streak: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_until: Mapped[datetime | None]  # a rate limit: no poll before this instant
 
 
 class ModelVersion(Base):
