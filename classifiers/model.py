@@ -16,8 +16,8 @@ import logging
 import os
 import pickle
 import platform
+import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -143,7 +143,7 @@ class Classifier:
             raise ModelError(f"{target} already exists; a model version is written only once.")
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
-            temp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.version}-", dir=models_dir))
+            temp = _make_temp_dir(models_dir, self.version)
         except OSError as exc:
             raise ModelError(f"Cannot create a model folder in {models_dir}: {exc}.") from exc
         try:
@@ -237,6 +237,21 @@ def _as_text_list(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("predict() takes a sequence of texts, not a single string")
     return list(texts)
+
+
+def _make_temp_dir(parent: Path, version: str) -> Path:
+    """Create `.tmp-<version>-<random>` in `parent`, with the umask's permissions.
+
+    tempfile.mkdtemp would make it 0700, and the renamed version folder would then be
+    unreadable to a worker running as another user than the trainer.
+    """
+    while True:
+        temp = parent / f".tmp-{version}-{secrets.token_hex(4)}"
+        try:
+            temp.mkdir()
+        except FileExistsError:
+            continue
+        return temp
 
 
 def _sha256(path: Path) -> str:

@@ -128,11 +128,14 @@ def _train(
     report("validated data", 0)
 
     features = pipeline.build_features()
-    matrix = features.fit_transform(data.texts)
+    try:
+        matrix = features.fit_transform(data.texts)
+    except ValueError as exc:  # scikit-learn's "empty vocabulary"
+        raise TrainingError(f"The texts have no words or characters to learn from: {exc}.") from exc
     report("fitted features", 1)
 
     texts = np.asarray(data.texts, dtype=object)
-    jobs = []
+    jobs: list[Any] = []
     for axis in axes:
         jobs.append(
             delayed(_fit_axis)(
@@ -213,7 +216,7 @@ def evaluate(classifier: Classifier, data: LabelledData) -> dict[str, dict[str, 
     labelled = {axis: data.labelled(axis) for axis in data.axes}
     rows = sorted({row for axis_rows, _ in labelled.values() for row in axis_rows})
     predictions = dict(zip(rows, classifier.predict([data.texts[r] for r in rows]), strict=True))
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for axis, (axis_rows, truth) in labelled.items():
         predicted = [predictions[row][axis].label for row in axis_rows]
         results[axis] = _scores(truth, predicted)
@@ -249,9 +252,10 @@ def _plan_axis(data: LabelledData, name: str, cv_folds: int, random_state: int) 
         )
     rare = sorted(label for label, count in counts.items() if count < MIN_EXAMPLES_PER_CLASS)
     if rare:
+        which = f"class {rare[0]!r} has" if len(rare) == 1 else f"classes {_quoted(rare)} have"
         raise TrainingError(
-            f"Axis {name!r}: class {', '.join(map(repr, rare))} has fewer than "
-            f"{MIN_EXAMPLES_PER_CLASS} examples; label more or merge it into another class."
+            f"Axis {name!r}: {which} fewer than {MIN_EXAMPLES_PER_CLASS} examples; "
+            "label more or merge into another class."
         )
     y = np.asarray(labels, dtype=object)
     smallest = min(counts.values())
@@ -330,7 +334,9 @@ def _n_jobs(n_jobs: int | None, axes: Sequence[_Axis]) -> int:
     return -1 if sum(len(axis.rows) for axis in axes) >= _PARALLEL_MIN_ROWS else 1
 
 
-def _cv_metrics(axis: _Axis, fold_predictions: Mapping[str, Mapping[int, np.ndarray]]) -> dict:
+def _cv_metrics(
+    axis: _Axis, fold_predictions: Mapping[str, Mapping[int, np.ndarray]]
+) -> dict[str, Any]:
     """Assemble out-of-fold predictions of one axis into its scores."""
     labels = sorted(set(axis.labels.tolist()))
     if not axis.folds:
@@ -388,6 +394,11 @@ def _reporter(
             progress(description, done, total)
 
     return report
+
+
+def _quoted(names: Iterable[str]) -> str:
+    """Quote names for a message: 'a', 'b'."""
+    return ", ".join(repr(name) for name in names)
 
 
 def _fmt(value: float | None) -> str:

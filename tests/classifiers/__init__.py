@@ -1,0 +1,1 @@
+"""Tests of the classifiers package: datasets, training, evaluation and model artifacts."""
