@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import select
 
 from classifiers.base import ClassifierError
 from classifiers.datasets import read_labelled
@@ -35,6 +36,7 @@ from triage.privacy import forget
 from triage.registry import ModelRegistry
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
+from triage.store.schema import SourceState, utcnow
 
 log = logging.getLogger(__name__)
 out = Console(soft_wrap=True)
@@ -190,6 +192,44 @@ def poll(ctx: Context, source: str) -> None:
     sys.exit(1 if result.polls[0].error else 0)
 
 
+@cli.command("sources")
+@pass_context
+def sources(ctx: Context) -> None:
+    """List every source with its checkpoint, health and when it is polled next."""
+    config = ctx.config()
+    worker = Worker(config, ctx.database(config))
+    with worker.db.session() as session:
+        states = {s.source: s for s in session.scalars(select(SourceState))}
+    table = Table(
+        "source", "type", "checkpoint", "last success", "last error", "errors", "next poll"
+    )
+    for source in config.sources:
+        state = states.get(source.name)
+        interval = source.poll_interval or config.schedule.poll_interval
+        table.add_row(
+            source.name,
+            source.type,
+            json.dumps(state.checkpoint) if state and state.checkpoint else "-",
+            f"{state.last_success_at:%Y-%m-%d %H:%M:%S}"
+            if state and state.last_success_at
+            else "never",
+            _short(state.last_error or "-", 60) if state else "-",
+            str(state.error_streak) if state else "0",
+            _next_poll(worker, source.name, state, interval),
+        )
+    out.print(table)
+
+
+def _next_poll(worker: Worker, name: str, state: SourceState | None, interval: float) -> str:
+    now = utcnow()
+    if state and state.paused_until and state.paused_until > now:
+        return f"paused until {state.paused_until:%Y-%m-%d %H:%M:%S} (rate limit)"
+    backoff = worker.pipeline.backoff_until(name, interval)
+    if backoff and backoff > now:
+        return f"backing off until {backoff:%Y-%m-%d %H:%M:%S}"
+    return f"every {interval:g} s"
+
+
 def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
     if not quiet:
         table = _outcome_table(result.polls)
@@ -211,6 +251,8 @@ def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
 def _poll_line(result: PollResult) -> str:
     if result.error:
         return f"{result.source}: [red]poll failed[/]: {result.error}"
+    if result.paused_until and not result.outcomes:
+        return f"{result.source}: rate-limited, paused until {result.paused_until:%H:%M:%S} UTC"
     return (
         f"{result.source}: {result.count('stored')} new, {result.count('duplicate')} already stored, "
         f"{result.count('quarantined')} quarantined, {result.forwarded} to forward"

@@ -9,6 +9,7 @@ backoff and jitter; 5xx replies mark the forward failed (a dead letter the admin
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import random
@@ -20,14 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.charset import QP, Charset
+from email.encoders import encode_base64
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import Message as Email
+from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -304,8 +307,55 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
         mail["References"] = message.header_message_id
     summary = _summary(session, message, labels, forward, settings.history_in_forward)
     mail.attach(MIMEText(summary, "plain", UTF8_QP))
-    mail.attach(_attached_original(message.raw))
+    if message.channel == "email":
+        mail.attach(_attached_original(message.raw))
+    else:
+        mail.attach(_attached_post(message.raw))
     return mail
+
+
+CHANNEL_NAMES = {"x": "X", "telegram": "Telegram", "mastodon": "Mastodon"}
+POST_KINDS = {"dm": "direct message", "message": "message", "reply": "reply", "mention": "mention"}
+
+
+def _post(raw: bytes) -> dict[str, Any]:
+    """The stored post JSON (``connectors.base.Post``); empty when erased or unreadable."""
+    try:
+        post = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return post if isinstance(post, dict) else {}
+
+
+def _attached_post(raw: bytes) -> Email:
+    """A social post as the connector stored it: JSON, with the link and ids intact."""
+    part = MIMEApplication(raw, "json", encode_base64)
+    part.add_header("Content-Disposition", "attachment", filename="post.json")
+    return part
+
+
+def _post_title(message: Message) -> str:
+    """A subject for a post, which has none: "X mention from @olena_p"."""
+    if message.channel == "email":
+        return "(no subject)"
+    post = _post(message.raw)
+    channel = CHANNEL_NAMES.get(message.channel, message.channel)
+    kind = POST_KINDS.get(str(post.get("kind")), "post")
+    handle = post.get("author_handle") or (message.customer.address if message.customer else "")
+    return f"{channel} {kind} from {handle}".strip()
+
+
+def _post_lines(message: Message) -> list[str]:
+    """Who wrote a post and where to answer it, for the summary."""
+    if message.channel == "email":
+        return []
+    post = _post(message.raw)
+    name = str(post.get("author_name") or "")
+    handle = str(post.get("author_handle") or "")
+    return [
+        f"Author:    {name} ({handle})" if name else f"Author:    {handle or '(unknown)'}",
+        f"Link:      {post.get('url') or '(none: a private chat)'}",
+    ]
 
 
 def _attached_original(raw: bytes) -> Email:
@@ -352,7 +402,8 @@ def _subject(message: Message, labels: dict[str, Classification], urgent: bool) 
     tags = "/".join(labels[axis].label for axis in ("kind", "area") if axis in labels)
     prefix = "[URGENT] " if urgent else ""
     # Customer text never reaches a header raw: no CR/LF or other controls, bounded length.
-    subject = _CONTROL.sub(" ", message.subject).strip()[:MAX_SUBJECT] or "(no subject)"
+    subject = _CONTROL.sub(" ", message.subject).strip()[:MAX_SUBJECT]
+    subject = subject or _CONTROL.sub(" ", _post_title(message))[:MAX_SUBJECT]
     return f"{prefix}[{tags or 'triage'}] {subject}"
 
 
@@ -370,6 +421,7 @@ def _summary(
     earlier = _earlier(session, message, history_limit)
     lines = [
         f"Customer:  {who}",
+        *_post_lines(message),
         f"Channel:   {message.channel} (source {message.source})",
         f"Received:  {message.received_at:%Y-%m-%d %H:%M} UTC",
         *(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
 from classifiers.model import Classifier
-from connectors.base import Checkpoint, Connector, ConnectorError, RawItem
+from connectors.base import Checkpoint, Connector, ConnectorError, ConnectorRateLimited, RawItem
 from triage.config import Config
 from triage.faults import crash_point
 from triage.normalize import ParsedEmail, parse_email
@@ -69,6 +69,7 @@ class PollResult:
     error: str | None = None
     streak: int = 0  # failed polls in a row, this one included
     recovered_from: int = 0  # the streak this successful poll ended
+    paused_until: datetime | None = None  # rate-limited: not polled again before this
 
     def count(self, status: str) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
@@ -98,15 +99,29 @@ class Pipeline:
         self.config = config
         self.router = router
         self.classifier = classifier
+        self.clock: Callable[[], datetime] = utcnow  # tests move time past a rate-limit pause
 
     def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
-        """Read everything new from ``connector`` and record it; never raises for source errors."""
+        """Read everything new from ``connector`` and record it; never raises for source errors.
+
+        A source the service rate-limited is skipped until its pause ends, without blocking
+        other sources; what was read before the limit hit is committed.
+        """
         result = PollResult(name)
+        if paused := self._paused_until(name):
+            connector.close()
+            result.paused_until = paused
+            log.debug("%s: rate-limited, not polled before %s", name, paused)
+            return result
         model = self.classifier.current()
         try:
             for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
                 result.outcomes.extend(self._process(name, batch, model))
                 connector.acknowledge([item for item, _ in batch])  # only after the commit
+        except ConnectorRateLimited as exc:
+            result.paused_until = self._record_pause(name, exc)
+            log.warning("%s: %s", name, exc)
+            return result
         except ConnectorError as exc:
             result.error = str(exc)
             result.streak = self._record_failure(name, str(exc))
@@ -267,7 +282,22 @@ class Pipeline:
             state = _state(session, name)
             streak = state.error_streak
             state.last_success_at, state.error_streak, state.last_error = utcnow(), 0, None
+            state.paused_until = None
             return streak
+
+    def _paused_until(self, name: str) -> datetime | None:
+        with self.db.session() as session:
+            state = session.get(SourceState, name)
+            paused = state.paused_until if state else None
+        return paused if paused is not None and self.clock() < paused else None
+
+    def _record_pause(self, name: str, exc: ConnectorRateLimited) -> datetime:
+        """Remember the service's pause; a rate limit is not a failure (no streak, no alert)."""
+        with self.db.transaction() as session:
+            state = _state(session, name)
+            state.paused_until, state.last_error = exc.retry_at, str(exc)
+            state.updated_at = utcnow()
+        return exc.retry_at
 
     def _record_failure(self, name: str, error: str) -> int:
         """Count a failed poll; returns the streak, which sets the backoff."""
@@ -291,8 +321,20 @@ class Pipeline:
 
 
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Batches of ``size``. A connector error first hands over the items read before it (each
+    carries a checkpoint valid up to itself), so a source failing part-way still progresses."""
     iterator = iter(items)
-    while batch := list(islice(iterator, size)):
+    while True:
+        batch: list[T] = []
+        try:
+            for item in islice(iterator, size):
+                batch.append(item)
+        except ConnectorError:
+            if batch:
+                yield batch
+            raise
+        if not batch:
+            return
         yield batch
 
 

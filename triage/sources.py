@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from connectors.base import Connector
 from connectors.imap import ImapConnector
 from connectors.maildir import MaildirConnector
-from triage.config import Config, ImapSource, MaildirSource, resolve_secret
+from connectors.mastodon import MastodonConnector
+from connectors.telegram import TelegramConnector
+from connectors.x import XConnector
+from triage.config import (
+    Config,
+    ImapSource,
+    MaildirSource,
+    MastodonSource,
+    SocialSource,
+    TelegramSource,
+    XSource,
+    resolve_secret,
+    resolve_token,
+)
 
 
 def make_connector(config: Config, name: str) -> Connector:
@@ -29,5 +43,41 @@ def make_connector(config: Config, name: str) -> Connector:
             max_message_bytes=source.max_message_bytes,
             post_action=source.post_action,
         )
-    assert isinstance(source, MaildirSource)
-    return MaildirConnector(source.name, source.path, source.max_message_bytes)
+    if isinstance(source, MaildirSource):
+        return MaildirConnector(source.name, source.path, source.max_message_bytes)
+    return _social(
+        source, partial(resolve_token, source, f"sources[{config.sources.index(source)}]")
+    )
+
+
+def _social(source: SocialSource, token: Callable[[], str]) -> Connector:
+    """X, Telegram and Mastodon: the token is read when the connector first calls the API."""
+    if isinstance(source, XSource):
+        return XConnector(
+            source.name,
+            user_id=source.user_id,
+            token=token,
+            api_base_url=source.api_base_url,
+            direct_messages=source.direct_messages,
+            page_size=source.page_size,
+            timeout=source.timeout,
+        )
+    if isinstance(source, TelegramSource):
+        return TelegramConnector(
+            source.name,
+            token=token,
+            api_base_url=source.api_base_url,
+            bot_username=source.bot_username,
+            long_poll_seconds=source.long_poll_seconds,
+            limit=source.batch_size,
+            timeout=source.timeout,
+        )
+    assert isinstance(source, MastodonSource)
+    return MastodonConnector(
+        source.name,
+        token=token,
+        api_base_url=source.api_base_url,
+        mastodon_version=source.mastodon_version,
+        page_size=source.page_size,
+        timeout=source.timeout,
+    )
