@@ -11,6 +11,8 @@ import imaplib
 import logging
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -261,3 +263,59 @@ def _logout_quietly(client: IMAPClient) -> None:
         client.logout()
     except Exception:  # the connection may already be gone; nothing to report
         log.debug("IMAP logout failed", exc_info=True)
+
+
+class ImapIdleWatcher:
+    """Waits in IMAP IDLE on one folder and calls ``on_news`` when mail arrives.
+
+    It only signals: the poll itself still runs as the source's scheduled job (one at a time),
+    so IDLE shortens the delay to seconds without a second path into the store. IDLE is
+    re-issued before the server's 29-minute limit; without IDLE support, or while the server is
+    unreachable, the scheduled polling carries on alone.
+    """
+
+    RENEW_AFTER = 25 * 60.0
+    CHECK_EVERY = 1.0  # seconds per idle_check, so a stop request is seen promptly
+    RETRY_AFTER = 30.0
+
+    def __init__(self, connector: ImapConnector, on_news: Callable[[], None]) -> None:
+        self.connector = connector
+        self.on_news = on_news
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set; reconnects after errors, gives up if IDLE is missing."""
+        while not stop.is_set():
+            try:
+                client = self.connector._connect()
+            except Exception as exc:
+                log.info(
+                    "%s: IDLE cannot connect (%s); polling meanwhile", self.connector.name, exc
+                )
+                stop.wait(self.RETRY_AFTER)
+                continue
+            try:
+                if b"IDLE" not in client.capabilities():
+                    log.info("%s: the server has no IDLE; polling only", self.connector.name)
+                    return
+                client.select_folder(self.connector.folder, readonly=True)
+                self._watch(client, stop)
+            except Exception as exc:  # a dropped connection: reconnect and resync
+                log.info("%s: IDLE interrupted (%s); reconnecting", self.connector.name, exc)
+                stop.wait(1.0)
+            finally:
+                _logout_quietly(client)
+
+    def _watch(self, client: IMAPClient, stop: threading.Event) -> None:
+        client.idle()
+        started = time.monotonic()
+        self.on_news()  # catch up with anything that arrived while we were not watching
+        while not stop.is_set():
+            responses = client.idle_check(timeout=self.CHECK_EVERY)
+            news = any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
+            if news or time.monotonic() - started > self.RENEW_AFTER:
+                client.idle_done()
+                if news:
+                    self.on_news()
+                client.idle()
+                started = time.monotonic()
+        client.idle_done()

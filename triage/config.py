@@ -48,6 +48,7 @@ class ImapSource(_TlsEndpoint):
     username: str
     folder: str = "INBOX"
     post_action: str = Field(default="none", pattern=r"^(none|seen|keyword:\S+|move:.+)$")
+    idle: bool = True
     batch_size: int = Field(default=500, ge=1, le=5000)
     max_message_bytes: int = Field(default=25_000_000, ge=1024)
     poll_interval: float | None = Field(default=None, gt=0)

@@ -12,6 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import FrameType
 
 from apscheduler.events import (
@@ -21,6 +22,7 @@ from apscheduler.events import (
     JobExecutionEvent,
 )
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from triage.alerts import Alerter
@@ -30,7 +32,7 @@ from triage.pipeline import Pipeline, PollResult
 from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
-from triage.sources import make_connector
+from triage.sources import make_connector, make_watcher
 from triage.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Worker:
         self.pipeline = Pipeline(self.db, config, Router(config), classifier)
         self.forwarder = Forwarder(self.db, config, make_transport(config))
         self._flush_lock = threading.Lock()
+        self._scheduler: BackgroundScheduler | None = None
 
     def poll(self, name: str) -> PollResult:
         """One poll of the source called ``name``, now, whatever its backoff."""
@@ -66,6 +69,31 @@ class Worker:
         result = self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
         self.alerter.after_poll(result)
         return result
+
+    def _start_watchers(self, stop: threading.Event) -> list[threading.Thread]:
+        """One IDLE thread per source that supports push; each wakes its source's poll job."""
+        threads = []
+        for source in self.config.sources:
+            watcher = make_watcher(
+                self.config, source.name, partial(self._wake, f"poll:{source.name}")
+            )
+            if watcher is None:
+                continue
+            thread = threading.Thread(
+                target=watcher.run, args=(stop,), name=f"idle:{source.name}", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _wake(self, job_id: str) -> None:
+        """Run a scheduled job now (still one instance at a time)."""
+        if self._scheduler is None:
+            return
+        try:
+            self._scheduler.modify_job(job_id, next_run_time=_now())
+        except JobLookupError:
+            log.debug("no job %s to wake", job_id)
 
     def poll_if_due(self, name: str) -> PollResult | None:
         """The scheduled poll: a failing source waits out its backoff; others are not held up."""
@@ -75,7 +103,10 @@ class Worker:
         if until is not None and _now() < until:
             log.debug("%s: backing off until %s", name, until)
             return None
-        return self.poll(name)
+        result = self.poll(name)
+        if result.forwarded:
+            self._wake(OUTBOX_JOB)  # deliver now, not at the next outbox interval
+        return result
 
     def flush_outbox(self) -> FlushResult:
         """Deliver what is due; one flush at a time in this process."""
@@ -128,6 +159,7 @@ class Worker:
         )
         if self.config.retention.raw_days:
             scheduler.add_job(self.purge, "interval", hours=24, id=PURGE_JOB, next_run_time=_now())
+        self._scheduler = scheduler
         scheduler.add_listener(
             _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
         )
@@ -143,10 +175,16 @@ class Worker:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         scheduler.start()
+        watchers = self._start_watchers(stop)
         log.info(
-            "worker started: %d source(s), outbox every %g s", len(self.config.sources), outbox
+            "worker started: %d source(s), %d watched with IMAP IDLE, outbox every %g s",
+            len(self.config.sources),
+            len(watchers),
+            outbox,
         )
         stop.wait()
+        for watcher in watchers:
+            watcher.join(timeout=10)
         scheduler.shutdown(wait=True)
         self.db.dispose()
         log.info("worker stopped")

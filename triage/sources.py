@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 from connectors.base import Connector
-from connectors.imap import ImapConnector
+from connectors.imap import ImapConnector, ImapIdleWatcher
 from connectors.maildir import MaildirConnector
 from connectors.mastodon import MastodonConnector
 from connectors.telegram import TelegramConnector
@@ -81,3 +81,13 @@ def _social(source: SocialSource, token: Callable[[], str]) -> Connector:
         page_size=source.page_size,
         timeout=source.timeout,
     )
+
+
+def make_watcher(config: Config, name: str, on_news: Callable[[], None]) -> ImapIdleWatcher | None:
+    """A push watcher for the source, where it has one (IMAP with ``idle = true``)."""
+    source = config.source(name)
+    if not isinstance(source, ImapSource) or not source.idle:
+        return None
+    connector = make_connector(config, name)
+    assert isinstance(connector, ImapConnector)
+    return ImapIdleWatcher(connector, on_news)
