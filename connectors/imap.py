@@ -51,6 +51,7 @@ class ImapConnector:
         max_message_bytes: larger messages are fetched as headers only and marked truncated.
         post_action: what to do with a message once it is stored: "none" (the folder is opened
             read only), "seen", "keyword:<name>" or "move:<folder>".
+        oauth_token: returns an OAuth2 access token; given, the login is XOAUTH2, not a password.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class ImapConnector:
         batch_size: int = 500,
         max_message_bytes: int = 25_000_000,
         post_action: str = "none",
+        oauth_token: Callable[[], str] | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -81,6 +83,7 @@ class ImapConnector:
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.post_action = post_action
+        self._oauth_token = oauth_token
         self._client: IMAPClient | None = None
 
     @property
@@ -145,7 +148,10 @@ class ImapConnector:
         if self.tls == "starttls":
             client.starttls(context)
         try:
-            client.login(self.username, self._password())
+            if self._oauth_token is not None:
+                client.oauth2_login(self.username, self._oauth_token())
+            else:
+                client.login(self.username, self._password())
         except LoginError:
             _logout_quietly(client)
             raise ConnectorAuthError(

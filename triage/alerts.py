@@ -32,10 +32,11 @@ class Alerter:
     def after_poll(self, result: PollResult) -> None:
         """Alert on the poll that crossed the failure threshold, and on the recovery after it."""
         threshold = self.settings.after_failures
-        if result.error and result.streak == threshold:
+        # A failure that needs a fix (a refused login, a revoked token) is reported at once.
+        if result.error and result.streak == (1 if result.permanent else threshold):
             self.send(
                 f"source {result.source} is failing",
-                f"Source {result.source} failed {threshold} polls in a row: {result.error}\n\n"
+                f"Source {result.source} failed {result.streak} poll(s) in a row: {result.error}\n\n"
                 "The worker keeps retrying with backoff and will tell you when it recovers; "
                 f"check it with `triage poll {result.source}`.",
             )

@@ -41,6 +41,24 @@ class _TlsEndpoint(Secret):
     timeout: float = Field(default=30.0, gt=0)
 
 
+class OAuth2(_Section):
+    """XOAUTH2 login (Gmail, Microsoft 365): access tokens from a refresh token (RFC 6749 §6)."""
+
+    token_url: str = Field(pattern=r"^https?://")
+    client_id: str
+    scope: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _needs_refresh_token(self) -> OAuth2:
+        if not (self.refresh_token_env or self.refresh_token_file):
+            raise ValueError("set refresh_token_env or refresh_token_file")
+        return self
+
+
 class ImapSource(_TlsEndpoint):
     type: Literal["imap"]
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -49,14 +67,15 @@ class ImapSource(_TlsEndpoint):
     folder: str = "INBOX"
     post_action: str = Field(default="none", pattern=r"^(none|seen|keyword:\S+|move:.+)$")
     idle: bool = True
+    oauth2: OAuth2 | None = None
     batch_size: int = Field(default=500, ge=1, le=5000)
     max_message_bytes: int = Field(default=25_000_000, ge=1024)
     poll_interval: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _needs_secret(self) -> ImapSource:
-        if not (self.password_env or self.password_file):
-            raise ValueError("set password_env or password_file for the IMAP password")
+        if not (self.password_env or self.password_file or self.oauth2):
+            raise ValueError("set password_env or password_file (or an oauth2 table)")
         return self
 
 
@@ -316,40 +335,33 @@ def _absolute_paths(config: Config, base: Path) -> Config:
     )
 
 
-def resolve_secret(secret: Secret, key: str) -> str:
-    """Read the secret a section names. ``key`` is its path, used only in error messages.
+def read_secret(env_var: str | None, file: Path | None, key: str, name: str) -> str:
+    """Read a secret from the environment variable or the file the config names.
+
+    ``key`` is the section's path and ``name`` the secret's (``password``, ``token``, ...), so an
+    error names the exact key: ``sources[0].password_env: environment variable X is not set``.
 
     Raises:
         ConfigError: the variable is unset, the file is missing, or readable by everyone.
     """
-    if secret.password_env:
-        value = os.environ.get(secret.password_env)
-        if value is None:
-            raise ConfigError(
-                f"{key}.password_env: environment variable {secret.password_env} is not set"
-            )
-        return value
-    if secret.password_file:
-        return _read_secret_file(secret.password_file, f"{key}.password_file")
-    raise ConfigError(f"{key}: set password_env or password_file")
+    if env_var:
+        value = os.environ.get(env_var)
+        if not value:
+            raise ConfigError(f"{key}.{name}_env: environment variable {env_var} is not set")
+        return value.strip()
+    if file:
+        return _read_secret_file(file, f"{key}.{name}_file")
+    raise ConfigError(f"{key}: set {name}_env or {name}_file")
+
+
+def resolve_secret(secret: Secret, key: str) -> str:
+    """The password a section names (``password_env`` or ``password_file``)."""
+    return read_secret(secret.password_env, secret.password_file, key, "password")
 
 
 def resolve_token(source: SocialSource, key: str) -> str:
-    """Read the API token a social source names (``token_env`` or ``token_file``).
-
-    Raises:
-        ConfigError: the variable is unset, the file is missing, or readable by everyone.
-    """
-    if source.token_env:
-        value = os.environ.get(source.token_env)
-        if not value:
-            raise ConfigError(
-                f"{key}.token_env: environment variable {source.token_env} is not set"
-            )
-        return value.strip()
-    if source.token_file:
-        return _read_secret_file(source.token_file, f"{key}.token_file")
-    raise ConfigError(f"{key}: set token_env or token_file")
+    """The API token a social source names (``token_env`` or ``token_file``)."""
+    return read_secret(source.token_env, source.token_file, key, "token")
 
 
 def _read_secret_file(path: Path, key: str) -> str:
@@ -365,9 +377,23 @@ def _read_secret_file(path: Path, key: str) -> str:
 def check_secrets(config: Config) -> None:
     """Resolve every secret once so a missing one fails at start, not at the first poll."""
     for i, source in enumerate(config.sources):
-        if isinstance(source, ImapSource):
+        if isinstance(source, ImapSource) and source.oauth2:
+            oauth_secrets(source.oauth2, f"sources[{i}].oauth2")
+        elif isinstance(source, ImapSource):
             resolve_secret(source, f"sources[{i}]")
         elif isinstance(source, XSource | TelegramSource | MastodonSource):
             resolve_token(source, f"sources[{i}]")
     if config.smtp and (config.smtp.password_env or config.smtp.password_file):
         resolve_secret(config.smtp, "smtp")
+
+
+def oauth_secrets(oauth: OAuth2, key: str) -> tuple[str, str | None]:
+    """The refresh token and the client secret (None for a public client) an oauth2 table names."""
+    refresh = read_secret(oauth.refresh_token_env, oauth.refresh_token_file, key, "refresh_token")
+    has_secret = oauth.client_secret_env or oauth.client_secret_file
+    secret = (
+        read_secret(oauth.client_secret_env, oauth.client_secret_file, key, "client_secret")
+        if has_secret
+        else None
+    )
+    return refresh, secret

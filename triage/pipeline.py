@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
 from classifiers.model import Classifier
-from connectors.base import Checkpoint, Connector, ConnectorError, ConnectorRateLimited, RawItem
+from connectors.base import (
+    Checkpoint,
+    Connector,
+    ConnectorAuthError,
+    ConnectorError,
+    ConnectorRateLimited,
+    RawItem,
+)
 from triage.config import Config
 from triage.faults import crash_point
 from triage.normalize import ParsedEmail, parse_email
@@ -68,6 +75,7 @@ class PollResult:
     outcomes: list[Outcome] = field(default_factory=list)
     error: str | None = None
     streak: int = 0  # failed polls in a row, this one included
+    permanent: bool = False  # the failure needs a fix (login refused, revoked token)
     recovered_from: int = 0  # the streak this successful poll ended
     paused_until: datetime | None = None  # rate-limited: not polled again before this
 
@@ -124,6 +132,7 @@ class Pipeline:
             return result
         except ConnectorError as exc:
             result.error = str(exc)
+            result.permanent = isinstance(exc, ConnectorAuthError)
             result.streak = self._record_failure(name, str(exc))
             log.warning("%s: poll failed (%d in a row): %s", name, result.streak, exc)
             return result

@@ -9,6 +9,7 @@ from connectors.base import Connector
 from connectors.imap import ImapConnector, ImapIdleWatcher
 from connectors.maildir import MaildirConnector
 from connectors.mastodon import MastodonConnector
+from connectors.oauth import OAuth2Token
 from connectors.telegram import TelegramConnector
 from connectors.x import XConnector
 from triage.config import (
@@ -19,6 +20,7 @@ from triage.config import (
     SocialSource,
     TelegramSource,
     XSource,
+    oauth_secrets,
     resolve_secret,
     resolve_token,
 )
@@ -42,6 +44,7 @@ def make_connector(config: Config, name: str) -> Connector:
             batch_size=source.batch_size,
             max_message_bytes=source.max_message_bytes,
             post_action=source.post_action,
+            oauth_token=_oauth_token(source, f"sources[{index}].oauth2"),
         )
     if isinstance(source, MaildirSource):
         return MaildirConnector(source.name, source.path, source.max_message_bytes)
@@ -91,3 +94,23 @@ def make_watcher(config: Config, name: str, on_news: Callable[[], None]) -> Imap
     connector = make_connector(config, name)
     assert isinstance(connector, ImapConnector)
     return ImapIdleWatcher(connector, on_news)
+
+
+_tokens: dict[tuple[str, str], OAuth2Token] = {}
+
+
+def _oauth_token(source: ImapSource, key: str) -> OAuth2Token | None:
+    """One token cache per mailbox, shared by its polls and its IDLE watcher."""
+    oauth = source.oauth2
+    if oauth is None:
+        return None
+    cache_key = (source.name, oauth.token_url)
+    if cache_key not in _tokens:
+        _tokens[cache_key] = OAuth2Token(
+            oauth.token_url,
+            oauth.client_id,
+            partial(oauth_secrets, oauth, key),
+            scope=oauth.scope,
+            timeout=source.timeout,
+        )
+    return _tokens[cache_key]
