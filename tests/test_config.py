@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from classifiers.model import Classifier
+from tests.helpers import make_config
 from triage.config import ImapSource, check_secrets, load_config, resolve_secret
-from triage.errors import ConfigError
+from triage.errors import ConfigError, NoActiveModel, StoreError
+from triage.scheduler import Worker
+from triage.store.database import Database
 
 IMAP = """
 [[sources]]
@@ -132,3 +136,24 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "schedule.poll_interval" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_database_and_models_refuse_loose_permissions(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    db_path = tmp_path / "triage.db"
+    worker = Worker(make_config(tmp_path))
+    assert db_path.stat().st_mode & 0o077 == 0  # created private
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    version = tiny_model[0].version
+    artifact = tmp_path / "models" / version / "model.joblib"
+    artifact.chmod(0o666)
+    with pytest.raises(NoActiveModel, match=r"writable by others \(run chmod o-w"):
+        worker.registry.load_active()
+    artifact.chmod(0o644)
+    assert worker.registry.load_active().version == version
+    worker.db.dispose()
+    db_path.chmod(0o644)
+    with pytest.raises(StoreError, match="readable by everyone; run chmod o-r"):
+        Database(f"sqlite:///{db_path}")

@@ -101,3 +101,22 @@ def test_a_flooding_sender_is_capped(tmp_path: Path, tiny_model: tuple[Classifie
     assert result.outbox.sent == 2
     reasons = [o.route.reason for o in result.polls[0].outcomes if o.route]
     assert sum("over 2 forwards from this sender" in reason for reason in reasons) == 2
+
+
+def test_a_tampered_model_never_stops_intake(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email(*tiny_text("complaint", "billing")))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    artifact = tmp_path / "models" / tiny_model[0].version / "model.joblib"
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    [outcome] = worker.run_once().polls[0].outcomes
+    assert outcome.status == "stored" and outcome.route is not None
+    assert outcome.route.department == "review"
+    artifact.write_bytes(good)
+    deliver(box, "2.b", make_email(*tiny_text("complaint", "delivery")))
+    later = [o for o in worker.run_once().polls[0].outcomes if o.status == "stored"]
+    assert [o.route.department for o in later if o.route] == ["logistics"]

@@ -8,6 +8,9 @@ when it changes, so activating a model needs no restart.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,15 @@ class ModelRegistry:
         self.models_dir = models_dir
 
     def register(self, classifier: Classifier, path: Path, *, activate: bool) -> None:
-        """Record a freshly saved version; activate it when asked."""
+        """Record a freshly saved version (copied into models_dir if saved elsewhere)."""
+        local = self.models_dir / classifier.version
+        if path.resolve() != local.resolve():
+            _copy_into(path, local)
         with self.db.transaction() as session:
             session.merge(
                 ModelVersion(
                     version=classifier.version,
-                    path=str(path),
+                    path=str(local),
                     details=_details(classifier.metadata),
                 )
             )
@@ -53,7 +59,7 @@ class ModelRegistry:
             row = session.get(ModelVersion, version)
             if row is None:
                 raise NoActiveModel(f"no model version {version!r}; see `triage models list`")
-            Classifier.load(self.path_of(row))  # refuse to activate what cannot be loaded
+            self._load(row)  # refuse to activate what cannot be loaded
             session.execute(update(ModelVersion).values(active=False))
             row.active, row.activated_at = True, utcnow()
 
@@ -66,9 +72,22 @@ class ModelRegistry:
             return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
 
     def path_of(self, row: ModelVersion) -> Path:
-        """The artifact folder: under the configured models_dir, else where it was saved."""
-        local = self.models_dir / row.version
-        return local if local.exists() else Path(row.path)
+        """The artifact folder. Only the configured models_dir is trusted: joblib files are
+        pickles, and unpickling runs code."""
+        return self.models_dir / row.version
+
+    def _load(self, row: ModelVersion) -> Classifier:
+        path = self.path_of(row)
+        for item in [path, *path.glob("*")] if path.exists() else []:
+            if item.stat().st_mode & stat.S_IWOTH:
+                raise NoActiveModel(
+                    f"refusing to load model {row.version}: {item} is writable by others "
+                    f"(run chmod o-w {item})"
+                )
+        try:
+            return Classifier.load(path)
+        except ModelError as exc:
+            raise NoActiveModel(f"model {row.version} cannot be used: {exc}") from None
 
     def load_active(self) -> Classifier:
         """The active classifier.
@@ -81,10 +100,7 @@ class ModelRegistry:
             raise NoActiveModel(
                 "no model is active; train one with `triage train --data FILE ... --activate`"
             )
-        try:
-            return Classifier.load(self.path_of(row))
-        except ModelError as exc:
-            raise NoActiveModel(f"the active model {row.version} cannot be used: {exc}") from None
+        return self._load(row)
 
 
 class ActiveClassifier:
@@ -126,3 +142,15 @@ class ActiveClassifier:
 def _details(metadata: dict[str, Any]) -> dict[str, Any]:
     keys = ("created_at", "n_samples", "data_fingerprint", "source", "axes", "metrics")
     return {key: metadata[key] for key in keys if key in metadata}
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    """Copy an artifact folder into place atomically (a temp name, then one rename)."""
+    temp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, temp)
+    if target.exists():
+        shutil.rmtree(temp)
+        return
+    os.replace(temp, target)

@@ -6,6 +6,8 @@ A fresh database is created at head (``create_all`` + ``stamp head``); an older 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,11 +88,22 @@ def _create_engine(url: str) -> Engine:
         raise StoreError(f"database.url {url!r} is not a database URL") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database))
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def _private_file(path: Path) -> None:
+    """The history holds customers' mail: create it readable by the worker only, and refuse
+    to open one that everybody can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        return
+    if path.stat().st_mode & stat.S_IROTH:
+        raise StoreError(f"the database file {path} is readable by everyone; run chmod o-r {path}")
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
