@@ -118,16 +118,30 @@ class ImapConnector:
         uids = [item.extra["uid"] for item in items if "uid" in item.extra]
         if self.post_action == "none" or not uids or self._client is None:
             return
-        action, _, argument = self.post_action.partition(":")
         try:
-            if action == "seen":
-                self._client.add_flags(uids, [b"\\Seen"])
-            elif action == "keyword":
-                self._client.add_flags(uids, [argument.encode()])
-            elif action == "move":
-                self._client.move(uids, argument)
+            self._apply(self._client, uids)
         except Exception as exc:
             raise self._translate(exc) from exc
+
+    def _apply(self, client: IMAPClient, uids: Sequence[int]) -> None:
+        action, _, argument = self.post_action.partition(":")
+        if action == "seen":
+            client.add_flags(uids, [b"\\Seen"])
+        elif action == "keyword":
+            client.add_flags(uids, [argument.encode()])
+        elif action == "move":
+            client.move(uids, argument)
+
+    def _catch_up(self, client: IMAPClient, last_uid: int) -> None:
+        """Finish post-actions a crash cut short: every UID up to the checkpoint is stored."""
+        action, _, argument = self.post_action.partition(":")
+        pending = {"seen": ["UNSEEN"], "keyword": ["UNKEYWORD", argument], "move": ["ALL"]}
+        uids = client.search([*pending[action], "UID", f"1:{last_uid}"])
+        uids = [uid for uid in uids if uid <= last_uid]
+        for start in range(0, len(uids), SIZE_CHUNK):
+            self._apply(client, uids[start : start + SIZE_CHUNK])
+        if uids:
+            log.info("%s: completed the post-action on %d stored message(s)", self.name, len(uids))
 
     def close(self) -> None:
         """Log out: a connection lives for one poll, nothing stays open between polls."""
@@ -174,6 +188,8 @@ class ImapConnector:
             ) from None
         uidvalidity = int(info[b"UIDVALIDITY"])
         last_uid = self._resume_after(checkpoint, uidvalidity)
+        if self.post_action != "none" and last_uid:
+            self._catch_up(client, last_uid)
         # "UID n:*" always matches the newest message, even below n: keep only the new ones.
         uids = sorted(uid for uid in client.search(["UID", f"{last_uid + 1}:*"]) if uid > last_uid)
         if uids:

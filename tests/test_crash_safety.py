@@ -55,10 +55,18 @@ def run_worker(config: Path, password: str, crash_at: str | None) -> int:
 
 
 @pytest.mark.parametrize(
-    "crash_at", ["fetched", "classified", "committed:1", "smtp-sending:2", "smtp-accepted:2"]
+    ("crash_at", "post_action"),
+    [
+        ("fetched", "none"),
+        ("classified", "none"),
+        ("committed:1", "move:Triaged"),  # between the commit and the IMAP move
+        ("smtp-sending:2", "none"),
+        ("smtp-accepted:2", "none"),
+    ],
 )
 def test_crash_anywhere_loses_nothing_and_doubles_nothing(
     crash_at: str,
+    post_action: str,
     tmp_path: Path,
     db_url: str,
     dovecot: DovecotServer,
@@ -73,7 +81,7 @@ def test_crash_anywhere_loses_nothing_and_doubles_nothing(
             {
                 "name": "support", "type": "imap", "host": dovecot.host, "port": dovecot.port,
                 "tls": "plain", "username": user, "password_env": "TRIAGE_IMAP_PASSWORD",
-                "batch_size": 3,
+                "batch_size": 3, "post_action": post_action,
             }
         ],
         "departments": DEPARTMENTS,
@@ -100,6 +108,11 @@ def test_crash_anywhere_loses_nothing_and_doubles_nothing(
     assert all(f.status == "sent" for f in forwards)
     delivered = Counter(message_from_bytes(m.content)["Message-ID"] for m in smtp_server.messages)
     assert set(delivered) == expected
+    if post_action.startswith("move:"):
+        client = dovecot.client(user)
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0  # the cut-short move was finished
+        assert client.select_folder("Triaged")[b"EXISTS"] == len(KINDS)
+        client.logout()
     resent = {mid for mid, n in delivered.items() if n > 1}
     if crash_at.startswith("smtp-accepted"):
         assert len(resent) == 1 and max(delivered.values()) == 2  # same Message-ID, collapsible
