@@ -77,3 +77,21 @@ def test_missing_model_is_reported_once(tmp_path: Path, smtp_server: SmtpServer)
     body = message_from_bytes(smtp_server.messages[0].content, policy=default).get_content()
     assert "triage train" in body
     worker.db.dispose()
+
+
+def test_stale_source_alerts_once(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    deliver(tmp_path / "Maildir", "1.a", make_email("hello", "text"))
+    sources = [
+        {"name": "box", "type": "maildir", "path": str(tmp_path / "Maildir")},
+        {"name": "never", "type": "maildir", "path": str(tmp_path / "Missing")},
+    ]
+    worker = alerting_worker(tmp_path, smtp_server, sources)
+    worker.run_once()
+    started = utcnow() - timedelta(hours=2)
+    successes = worker.pipeline.last_successes(["box", "never"])
+    assert successes["box"] is not None and successes["never"] is None
+    worker.alerter.check_stale(successes, started)
+    worker.alerter.check_stale(successes, started)
+    stale = [s for s in subjects(smtp_server) if "is stale" in s]
+    assert stale == ["[triage alert] source never is stale"]
+    worker.db.dispose()

@@ -9,6 +9,7 @@ loop-guard header, so an admin mailbox that is also a source never triages them.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from email.header import Header
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
@@ -28,6 +29,7 @@ class Alerter:
         self.settings = config.alerts
         self.sender = config.forwarding.from_address
         self.transport = transport
+        self._stale: set[str] = set()
 
     def after_poll(self, result: PollResult) -> None:
         """Alert on the poll that crossed the failure threshold, and on the recovery after it."""
@@ -45,6 +47,26 @@ class Alerter:
                 f"source {result.source} recovered",
                 f"Source {result.source} polls again after {result.recovered_from} failures.",
             )
+
+    def check_stale(self, last_success: dict[str, datetime | None], started: datetime) -> None:
+        """Alert once per source that has not polled successfully within the window."""
+        window = timedelta(minutes=self.settings.stale_after_minutes)
+        now = utcnow()
+        for name, success in last_success.items():
+            stale = now - (success or started) > window
+            if stale and name not in self._stale:
+                self._stale.add(name)
+                since = (
+                    f"since {success:%Y-%m-%d %H:%M} UTC" if success else "since the worker started"
+                )
+                self.send(
+                    f"source {name} is stale",
+                    f"Source {name} has had no successful poll {since} "
+                    f"(the window is {self.settings.stale_after_minutes:g} minutes). "
+                    f"See `triage sources` and try `triage poll {name}`.",
+                )
+            elif not stale:
+                self._stale.discard(name)
 
     def model_problem(self, problem: str) -> None:
         self.send("no usable model: messages go to review", problem)

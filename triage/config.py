@@ -186,6 +186,7 @@ class Schedule(_Section):
 class Alerts(_Section):
     email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
     after_failures: int = Field(default=3, ge=1)
+    stale_after_minutes: float = Field(default=60.0, gt=0)
 
 
 class Retention(_Section):

@@ -317,6 +317,12 @@ class Pipeline:
             state.updated_at = utcnow()
             return state.error_streak
 
+    def last_successes(self, names: list[str]) -> dict[str, datetime | None]:
+        """The last successful poll of each source (None: never)."""
+        with self.db.session() as session:
+            states = {s.source: s for s in session.scalars(select(SourceState))}
+        return {name: states[name].last_success_at if name in states else None for name in names}
+
     def backoff_until(self, name: str, base_seconds: float) -> datetime | None:
         """When a failing source may be polled again (exponential, jittered); None if healthy."""
         with self.db.session() as session:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_JOB = "flush-outbox"
 PURGE_JOB = "purge-retention"
+STALE_JOB = "check-stale"
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Worker:
         self.forwarder = Forwarder(self.db, config, make_transport(config))
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
+        self._started = _now()
 
     def poll(self, name: str) -> PollResult:
         """One poll of the source called ``name``, now, whatever its backoff."""
@@ -113,6 +115,11 @@ class Worker:
         with self._flush_lock:
             return self.forwarder.flush()
 
+    def check_stale(self) -> None:
+        """Alert on sources without a successful poll within [alerts] stale_after_minutes."""
+        names = [source.name for source in self.config.sources]
+        self.alerter.check_stale(self.pipeline.last_successes(names), self._started)
+
     def purge(self) -> int:
         """Apply the retention policy now; returns how many messages were erased."""
         days = self.config.retention.raw_days
@@ -159,6 +166,7 @@ class Worker:
         )
         if self.config.retention.raw_days:
             scheduler.add_job(self.purge, "interval", hours=24, id=PURGE_JOB, next_run_time=_now())
+        scheduler.add_job(self.check_stale, "interval", minutes=1, id=STALE_JOB)
         self._scheduler = scheduler
         scheduler.add_listener(
             _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
