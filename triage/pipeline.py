@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
@@ -36,12 +36,9 @@ from triage.normalize import ParsedEmail, parse_email
 from triage.posts import parse_post
 from triage.registry import ActiveClassifier
 from triage.routing import Route, Router
+from triage.store import history
 from triage.store.database import Database
 from triage.store.schema import (
-    Classification,
-    Conversation,
-    Customer,
-    Forward,
     Message,
     SourceState,
     utcnow,
@@ -174,8 +171,14 @@ class Pipeline:
             _normalize(entry)
         self._classify([e for e in fresh if e.email is not None], model)
         crash_point("classified")
+        good = []
         for entry in fresh:
-            outcomes.append(self._store(session, entry, model))
+            if entry.email is None or entry.error:
+                outcomes.append(_quarantine(session, entry, entry.error or "not parsed"))
+            else:
+                entry.route = self._route(entry)
+                good.append(entry)
+        outcomes.extend(self._store(session, good, model))
         return outcomes
 
     def retry_quarantined(self, message_ids: Sequence[int] | None) -> list[Outcome]:
@@ -217,53 +220,57 @@ class Pipeline:
         for entry, predictions in zip(entries, results, strict=True):
             entry.predictions = predictions
 
-    def _store(self, session: Session, entry: _Parsed, model: Classifier | None) -> Outcome:
-        email = entry.email
-        if email is None or entry.error:
-            return _quarantine(session, entry, entry.error or "not parsed")
-        entry.route = self._route(entry)
-        message = _add_message(session, entry)
-        if entry.route.department and self._over_sender_cap(session, message):
-            cap = self.config.routing.max_forwards_per_sender_per_hour
-            entry.route = Route(
-                None, f"not forwarded: over {cap} forwards from this sender in an hour"
-            )
-            message.routing = entry.route.reason
-        if entry.predictions and model is not None:
-            session.add_all(
-                Classification(
-                    message_id=message.id,
-                    axis=axis,
-                    label=p.label,
-                    confidence=p.confidence,
-                    model_version=model.version,
-                )
-                for axis, p in entry.predictions.items()
-            )
-        if entry.route.department:
-            session.add(self._forward(message, entry.route))
-        log.debug("%s classified %s -> %s", entry.item.source_id, entry.predictions, entry.route)
-        return Outcome(
-            entry.item.source_id,
-            email.sender_address,
-            email.subject,
-            "stored",
-            entry.predictions,
-            entry.route,
+    def _store(
+        self, session: Session, entries: list[_Parsed], model: Classifier | None
+    ) -> list[Outcome]:
+        """Write a batch of routed messages, their labels and forwards in a few statements."""
+        if not entries:
+            return []
+        customers = history.customer_ids(session, _identities(entries))
+        threads = history.conversation_ids(session, _threads(entries, customers))
+        self._cap_senders(session, entries, customers)
+        ids = history.insert_messages(
+            session, [_message_row(entry, customers, threads) for entry in entries]
         )
+        version = model.version if model is not None else None
+        history.insert_classifications(
+            session,
+            [
+                {"message_id": id_, "axis": axis, "label": p.label,
+                 "confidence": p.confidence, "model_version": version}
+                for id_, entry in zip(ids, entries, strict=True)
+                for axis, p in (entry.predictions or {}).items()
+            ],
+        )  # fmt: skip
+        history.insert_forwards(
+            session,
+            [
+                self._forward_row(id_, entry.route)
+                for id_, entry in zip(ids, entries, strict=True)
+                if entry.route is not None and entry.route.department
+            ],
+        )
+        return [_stored_outcome(entry) for entry in entries]
 
-    def _over_sender_cap(self, session: Session, message: Message) -> bool:
-        """A loop guard: a sender (or a broken auto-responder) cannot flood a department."""
-        if message.customer_id is None:
-            return False
-        since = message.received_at - timedelta(hours=1)
-        recent = session.scalar(
-            select(func.count())
-            .select_from(Forward)
-            .join(Message, Forward.message_id == Message.id)
-            .where(Message.customer_id == message.customer_id, Message.received_at > since)
+    def _cap_senders(
+        self, session: Session, entries: list[_Parsed], customers: dict[tuple[str, str], int]
+    ) -> None:
+        """The loop guard: a sender (or a broken auto-responder) cannot flood a department."""
+        cap = self.config.routing.max_forwards_per_sender_per_hour
+        owners = {id(e): customers.get(_identity(e)) for e in entries}
+        counts = history.forwards_since(
+            session, [c for c in owners.values() if c is not None], utcnow() - timedelta(hours=1)
         )
-        return (recent or 0) >= self.config.routing.max_forwards_per_sender_per_hour
+        for entry in entries:
+            customer = owners[id(entry)]
+            if customer is None or entry.route is None or not entry.route.department:
+                continue
+            if counts.get(customer, 0) >= cap:
+                entry.route = Route(
+                    None, f"not forwarded: over {cap} forwards from this sender in an hour"
+                )
+            else:
+                counts[customer] = counts.get(customer, 0) + 1
 
     def _route(self, entry: _Parsed) -> Route:
         if entry.item.truncated:
@@ -273,17 +280,20 @@ class Pipeline:
         assert entry.email is not None
         return self.router.route(entry.predictions, entry.email.auto_reason)
 
-    def _forward(self, message: Message, route: Route) -> Forward:
+    def _forward_row(self, message_id: int, route: Route) -> dict[str, Any]:
         domain = self.config.forwarding.from_address.rpartition("@")[2]
-        return Forward(
-            message_id=message.id,
-            department=route.department,
-            to_addrs=list(route.to_addrs),
-            cc_addrs=list(route.cc_addrs),
-            urgent=route.urgent,
-            reason=route.reason,
-            rfc_message_id=make_msgid("triage", domain=domain),
-        )
+        return {
+            "message_id": message_id,
+            "department": route.department,
+            "to_addrs": list(route.to_addrs),
+            "cc_addrs": list(route.cc_addrs),
+            "urgent": route.urgent,
+            "reason": route.reason,
+            "rfc_message_id": make_msgid("triage", domain=domain),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": utcnow(),
+        }
 
     def _record_success(self, name: str) -> int:
         """Mark the source healthy; returns the failure streak this success ended."""
@@ -419,75 +429,74 @@ def _quarantine(session: Session, entry: _Parsed, error: str) -> Outcome:
     return Outcome(entry.item.source_id, "", "", "quarantined", error=error)
 
 
-def _add_message(session: Session, entry: _Parsed) -> Message:
+def _identity(entry: _Parsed) -> tuple[str, str]:
+    assert entry.email is not None
+    return entry.email.channel, entry.email.sender_address
+
+
+def _identities(entries: list[_Parsed]) -> dict[tuple[str, str], str]:
+    return {
+        _identity(e): e.email.sender_name for e in entries if e.email and e.email.sender_address
+    }
+
+
+def _threads(
+    entries: list[_Parsed], customers: dict[tuple[str, str], int]
+) -> dict[str, tuple[int, str, datetime]]:
+    threads: dict[str, tuple[int, str, datetime]] = {}
+    for entry in entries:
+        customer = customers.get(_identity(entry))
+        if customer is None or entry.email is None:
+            continue
+        key = f"{entry.email.channel}:{entry.email.thread_key}"
+        at = entry.item.received_at
+        if key not in threads or at > threads[key][2]:
+            first = threads.get(key, (customer, entry.email.subject, at))
+            threads[key] = (first[0], first[1], at)
+    return threads
+
+
+def _message_row(
+    entry: _Parsed, customers: dict[tuple[str, str], int], threads: dict[str, int]
+) -> dict[str, Any]:
     email, item = entry.email, entry.item
     assert email is not None and entry.route is not None
-    customer = _customer(session, email) if email.sender_address else None
-    conversation = _conversation(session, email, customer, item) if customer else None
-    message = Message(
-        source=item.source,
-        source_id=item.source_id,
-        content_key=entry.key,
-        channel=email.channel,
-        customer_id=customer.id if customer else None,
-        conversation_id=conversation.id if conversation else None,
-        header_message_id=email.message_id,
-        subject=email.subject,
-        body=email.body_text,
-        text=email.text_for_classification,
-        language=email.language,
-        received_at=item.received_at,
-        sent_at=email.date,
-        size=item.size or len(item.raw),
-        truncated=item.truncated,
-        auto_reason=email.auto_reason,
-        warnings=list(email.warnings),
-        status="classified" if entry.predictions else "stored",
-        routing=entry.route.reason,
-        raw=item.raw,
+    return {
+        "source": item.source,
+        "source_id": item.source_id,
+        "content_key": entry.key,
+        "channel": email.channel,
+        "customer_id": customers.get(_identity(entry)),
+        "conversation_id": threads.get(f"{email.channel}:{email.thread_key}"),
+        "header_message_id": email.message_id,
+        "subject": email.subject,
+        "body": email.body_text,
+        "text": email.text_for_classification,
+        "language": email.language,
+        "received_at": item.received_at,
+        "sent_at": email.date,
+        "size": item.size or len(item.raw),
+        "truncated": item.truncated,
+        "auto_reason": email.auto_reason,
+        "warnings": list(email.warnings),
+        "status": "classified" if entry.predictions else "stored",
+        "routing": entry.route.reason,
+        "raw": item.raw,
+        "created_at": utcnow(),
+    }
+
+
+def _stored_outcome(entry: _Parsed) -> Outcome:
+    assert entry.email is not None
+    log.debug("%s classified %s -> %s", entry.item.source_id, entry.predictions, entry.route)
+    return Outcome(
+        entry.item.source_id,
+        entry.email.sender_address,
+        entry.email.subject,
+        "stored",
+        entry.predictions,
+        entry.route,
     )
-    session.add(message)
-    session.flush()
-    return message
-
-
-def _customer(session: Session, email: ParsedEmail) -> Customer:
-    customer = session.scalars(
-        select(Customer).where(
-            Customer.channel == email.channel, Customer.address == email.sender_address
-        )
-    ).first()
-    if customer is None:
-        customer = Customer(
-            channel=email.channel, address=email.sender_address, display_name=email.sender_name
-        )
-        session.add(customer)
-        session.flush()
-    elif email.sender_name and not customer.display_name:
-        customer.display_name = email.sender_name
-    return customer
-
-
-def _conversation(
-    session: Session, email: ParsedEmail, customer: Customer, item: RawItem
-) -> Conversation:
-    key = f"{email.channel}:{email.thread_key}"
-    conversation = session.scalars(
-        select(Conversation).where(Conversation.thread_key == key)
-    ).first()
-    if conversation is None:
-        conversation = Conversation(
-            thread_key=key,
-            customer_id=customer.id,
-            subject=email.subject,
-            started_at=item.received_at,
-            last_message_at=item.received_at,
-        )
-        session.add(conversation)
-        session.flush()
-    else:
-        conversation.last_message_at = max(conversation.last_message_at, item.received_at)
-    return conversation
 
 
 def _state(session: Session, name: str) -> SourceState:

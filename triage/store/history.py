@@ -1,0 +1,136 @@
+"""Bulk writes of one batch into the history store: a few statements per batch, never one per
+message, so ingest keeps up with what an IMAP server can stream.
+
+Identities and threads are inserted with ON CONFLICT DO NOTHING and read back, so several workers
+sharing one PostgreSQL database can record the same new customer at once without failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Insert, Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from triage.store.schema import Classification, Conversation, Customer, Forward, Message
+
+Identity = tuple[str, str]
+"""(channel, address) of a customer."""
+
+
+def _insert_ignoring_conflicts(session: Session, table: Table) -> Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identity, int]:
+    """The id of every identity in ``names`` (identity -> display name), creating missing ones."""
+    if not names:
+        return {}
+    wanted = list(names)
+
+    def known() -> dict[Identity, int]:
+        rows = session.execute(
+            select(Customer.channel, Customer.address, Customer.id).where(
+                tuple_(Customer.channel, Customer.address).in_(wanted)
+            )
+        )
+        return {(channel, address): id_ for channel, address, id_ in rows}
+
+    found = known()
+    missing = [
+        {"channel": c, "address": a, "display_name": names[(c, a)][:255]}
+        for c, a in wanted
+        if (c, a) not in found
+    ]
+    if missing:
+        session.execute(_insert_ignoring_conflicts(session, Customer.__table__), missing)
+        found = known()
+    return found
+
+
+def conversation_ids(
+    session: Session, threads: Mapping[str, tuple[int, str, datetime]]
+) -> dict[str, int]:
+    """The id of every thread key in ``threads`` (key -> customer id, subject, time of the
+    message), creating missing threads and moving ``last_message_at`` forward."""
+    if not threads:
+        return {}
+    keys = list(threads)
+
+    def known() -> dict[str, tuple[int, datetime]]:
+        rows = session.execute(
+            select(Conversation.thread_key, Conversation.id, Conversation.last_message_at).where(
+                Conversation.thread_key.in_(keys)
+            )
+        )
+        return {key: (id_, last) for key, id_, last in rows}
+
+    found = known()
+    missing = [
+        {
+            "thread_key": key,
+            "customer_id": customer,
+            "subject": subject,
+            "started_at": at,
+            "last_message_at": at,
+        }
+        for key, (customer, subject, at) in threads.items()
+        if key not in found
+    ]
+    if missing:
+        session.execute(_insert_ignoring_conflicts(session, Conversation.__table__), missing)
+        found = known()
+    later = [
+        {"conversation": found[key][0], "at": at}
+        for key, (_, _, at) in threads.items()
+        if at > found[key][1]
+    ]
+    if later:
+        session.connection().execute(
+            update(Conversation.__table__)
+            .where(Conversation.__table__.c.id == bindparam("conversation"))
+            .values(last_message_at=bindparam("at")),
+            later,
+        )
+    return {key: id_ for key, (id_, _) in found.items()}
+
+
+def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert messages in one statement; returns their ids in the order of ``rows``."""
+    if not rows:
+        return []
+    result = session.execute(
+        insert(Message).returning(Message.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [row[0] for row in result]
+
+
+def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(Classification), list(rows))
+
+
+def insert_forwards(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(Forward), list(rows))
+
+
+def forwards_since(session: Session, customers: Sequence[int], since: datetime) -> dict[int, int]:
+    """Forwards queued per customer since ``since`` (the loop guard's count)."""
+    if not customers:
+        return {}
+    rows = session.execute(
+        select(Message.customer_id, func.count())
+        .join(Forward, Forward.message_id == Message.id)
+        .where(Message.customer_id.in_(set(customers)), Forward.created_at > since)
+        .group_by(Message.customer_id)
+    )
+    return {row[0]: row[1] for row in rows}
