@@ -68,9 +68,33 @@ class _RoutedAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-def make_client(token: str, api_base_url: str = X_API, timeout: float = 30.0) -> tweepy.Client:
-    """A tweepy client that returns raw responses (we need the rate-limit headers)."""
-    client = tweepy.Client(bearer_token=token, return_type=requests.Response)
+@dataclass(frozen=True)
+class OAuth1:
+    """OAuth 1.0a user context: the app's consumer key pair and the support account's token pair."""
+
+    consumer_key: str
+    consumer_secret: str
+    access_token: str
+    access_token_secret: str
+
+
+def make_client(
+    credentials: str | OAuth1, api_base_url: str = X_API, timeout: float = 30.0
+) -> tweepy.Client:
+    """A tweepy client that returns raw responses (we need the rate-limit headers).
+
+    ``credentials`` is a bearer token (app-only, or an OAuth 2.0 user token) or OAuth 1.0a keys.
+    """
+    if isinstance(credentials, OAuth1):
+        client = tweepy.Client(
+            consumer_key=credentials.consumer_key,
+            consumer_secret=credentials.consumer_secret,
+            access_token=credentials.access_token,
+            access_token_secret=credentials.access_token_secret,
+            return_type=requests.Response,
+        )
+    else:
+        client = tweepy.Client(bearer_token=credentials, return_type=requests.Response)
     client.session.trust_env = False  # a proxy from the environment must not see the token
     client.session.mount(X_API + "/", _RoutedAdapter(api_base_url, timeout))
     return client
@@ -94,7 +118,7 @@ class XConnector:
         name: str,
         *,
         user_id: str,
-        token: Callable[[], str],
+        token: Callable[[], str | OAuth1],
         api_base_url: str = X_API,
         direct_messages: bool = False,
         page_size: int = 100,
@@ -110,6 +134,7 @@ class XConnector:
         self.max_pages = max_pages
         self.timeout = timeout
         self._client: tweepy.Client | None = None
+        self._user_auth = False
         # tweepy logs request headers (the bearer token) at DEBUG: never let that through.
         tweepy_log = logging.getLogger("tweepy")
         if tweepy_log.getEffectiveLevel() < logging.INFO:
@@ -151,7 +176,9 @@ class XConnector:
                 "user_fields": USER_FIELDS,
             }
             params = {k: v for k, v in params.items() if v is not None}
-            page = self._call("mentions", self._api().get_users_mentions, self.user_id, **params)
+            page = self._call(
+                "mentions", self._api().get_users_mentions, self.user_id, **self._auth(), **params
+            )
             pages.append(page)
             if not (token := page.next_token):
                 break
@@ -176,7 +203,7 @@ class XConnector:
             }
             params = {k: v for k, v in params.items() if v is not None}
             page = self._call(
-                "direct messages", self._api().get_direct_message_events, user_auth=False, **params
+                "direct messages", self._api().get_direct_message_events, **self._auth(), **params
             )
             older = [e for e in page.items if last_id is None or int(e["id"]) > int(last_id)]
             found.extend((e, page) for e in older if e.get("sender_id") != self.user_id)
@@ -186,8 +213,14 @@ class XConnector:
 
     def _api(self) -> tweepy.Client:
         if self._client is None:
-            self._client = make_client(self._token(), self.api_base_url, self.timeout)
+            credentials = self._token()
+            self._user_auth = isinstance(credentials, OAuth1)
+            self._client = make_client(credentials, self.api_base_url, self.timeout)
         return self._client
+
+    def _auth(self) -> dict[str, bool]:
+        """tweepy signs with OAuth 1.0a only when asked (``user_auth=True``)."""
+        return {"user_auth": self._user_auth}
 
     def _call(
         self, what: str, method: Callable[..., requests.Response], *args: Any, **kw: Any

@@ -100,13 +100,25 @@ class _SocialSource(_Section):
 
     @model_validator(mode="after")
     def _needs_token(self) -> _SocialSource:
-        if not (self.token_env or self.token_file):
+        if not (self.token_env or self.token_file or getattr(self, "oauth1", None)):
             raise ValueError("set token_env or token_file for the API token")
         return self
 
 
+class XOAuth1(_Section):
+    """OAuth 1.0a user context for X: public keys here, their secrets named (env or file)."""
+
+    consumer_key: str
+    access_token: str
+    consumer_secret_env: str | None = None
+    consumer_secret_file: Path | None = None
+    access_token_secret_env: str | None = None
+    access_token_secret_file: Path | None = None
+
+
 class XSource(_SocialSource):
     type: Literal["x"]
+    oauth1: XOAuth1 | None = None
     api_base_url: str = Field(default="https://api.twitter.com", pattern=r"^https?://")
     user_id: str = Field(pattern=r"^[0-9]+$")  # the support account whose mentions are read
     direct_messages: bool = False  # needs an OAuth 2.0 user token with dm.read
@@ -201,6 +213,21 @@ class Database(_Section):
     url: str = "sqlite:///var/triage.db"
 
 
+class Web(_Section):
+    """The daemon's HTTP endpoint: the status page, /metrics and /healthz (read only)."""
+
+    enabled: bool = True
+    listen: str = Field(
+        default="127.0.0.1:8088", pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$"
+    )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port); an IPv6 host is given in brackets, e.g. ``[::1]:8088``."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(_Section):
     """The validated configuration; relative paths are resolved against the file's folder."""
 
@@ -215,6 +242,7 @@ class Config(_Section):
     alerts: Alerts = Alerts()
     retention: Retention = Retention()
     logging: Logging = Logging()
+    web: Web = Web()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -365,6 +393,19 @@ def resolve_token(source: SocialSource, key: str) -> str:
     return read_secret(source.token_env, source.token_file, key, "token")
 
 
+def oauth1_secrets(oauth: XOAuth1, key: str) -> tuple[str, str]:
+    """The consumer secret and the access token secret an X ``oauth1`` table names."""
+    return (
+        read_secret(oauth.consumer_secret_env, oauth.consumer_secret_file, key, "consumer_secret"),
+        read_secret(
+            oauth.access_token_secret_env,
+            oauth.access_token_secret_file,
+            key,
+            "access_token_secret",
+        ),
+    )
+
+
 def _read_secret_file(path: Path, key: str) -> str:
     try:
         mode = path.stat().st_mode
@@ -382,6 +423,8 @@ def check_secrets(config: Config) -> None:
             oauth_secrets(source.oauth2, f"sources[{i}].oauth2")
         elif isinstance(source, ImapSource):
             resolve_secret(source, f"sources[{i}]")
+        elif isinstance(source, XSource) and source.oauth1:
+            oauth1_secrets(source.oauth1, f"sources[{i}].oauth1")
         elif isinstance(source, XSource | TelegramSource | MastodonSource):
             resolve_token(source, f"sources[{i}]")
     if config.smtp and (config.smtp.password_env or config.smtp.password_file):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from connectors.base import Connector
 from connectors.imap import ImapConnector, ImapIdleWatcher
@@ -11,7 +12,7 @@ from connectors.maildir import MaildirConnector
 from connectors.mastodon import MastodonConnector
 from connectors.oauth import OAuth2Token
 from connectors.telegram import TelegramConnector
-from connectors.x import XConnector
+from connectors.x import OAuth1, XConnector
 from triage.config import (
     Config,
     ImapSource,
@@ -19,7 +20,9 @@ from triage.config import (
     MastodonSource,
     SocialSource,
     TelegramSource,
+    XOAuth1,
     XSource,
+    oauth1_secrets,
     oauth_secrets,
     resolve_secret,
     resolve_token,
@@ -48,12 +51,18 @@ def make_connector(config: Config, name: str) -> Connector:
         )
     if isinstance(source, MaildirSource):
         return MaildirConnector(source.name, source.path, source.max_message_bytes)
-    return _social(
-        source, partial(resolve_token, source, f"sources[{config.sources.index(source)}]")
-    )
+    key = f"sources[{config.sources.index(source)}]"
+    if isinstance(source, XSource) and source.oauth1 is not None:
+        return _social(source, partial(_x_oauth1, source.oauth1, f"{key}.oauth1"))
+    return _social(source, partial(resolve_token, source, key))
 
 
-def _social(source: SocialSource, token: Callable[[], str]) -> Connector:
+def _x_oauth1(oauth: XOAuth1, key: str) -> OAuth1:
+    consumer_secret, token_secret = oauth1_secrets(oauth, key)
+    return OAuth1(oauth.consumer_key, consumer_secret, oauth.access_token, token_secret)
+
+
+def _social(source: SocialSource, token: Callable[[], Any]) -> Connector:
     """X, Telegram and Mastodon: the token is read when the connector first calls the API."""
     if isinstance(source, XSource):
         return XConnector(

@@ -17,7 +17,7 @@ from connectors.base import (
     ConnectorUnavailable,
     RawItem,
 )
-from connectors.x import XConnector
+from connectors.x import OAuth1, XConnector
 from tests.fakes._server import Reply
 from tests.fakes.x_api import FakeX
 
@@ -175,3 +175,15 @@ def test_server_down_is_transient() -> None:
     conn = XConnector("x", user_id="1", token=lambda: "t", api_base_url=url, timeout=2)
     with pytest.raises(ConnectorUnavailable, match="ConnectionError"):
         list(conn.fetch(None))
+
+
+def test_oauth1_user_context(fake: FakeX) -> None:
+    fake.oauth1_keys = ("consumer-key", "access-token")
+    fake.mention(fake.user("olena_p"), "hello from an OAuth 1.0a client")
+    keys = OAuth1("consumer-key", "consumer-secret", "access-token", "token-secret")
+    conn = XConnector(
+        "x-support", user_id=fake.support_id, token=lambda: keys, api_base_url=fake.url, timeout=5
+    )
+    posts, _ = run(conn, None)
+    assert [p["text"] for p in posts] == ["@kvitka_help hello from an OAuth 1.0a client"]
+    assert fake.requests[-1].headers["Authorization"].startswith("OAuth ")

@@ -21,6 +21,7 @@ Follows the documented wire format:
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,24 @@ class FakeX(FakeServer):
 
     # ------------------------------------------------------------------ HTTP
 
+    oauth1_keys: tuple[str, str] | None = None
+    """(consumer key, access token) accepted in an OAuth 1.0a header; the signature itself is
+    not checked (it covers the real host's URL, which the client signs before being routed)."""
+
+    def _authorized(self, header: str) -> bool:
+        if header == f"Bearer {self.token}":
+            return True
+        if self.oauth1_keys and header.startswith("OAuth "):
+            consumer, token = self.oauth1_keys
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', header))
+            return (
+                fields.get("oauth_consumer_key") == consumer
+                and fields.get("oauth_token") == token
+                and fields.get("oauth_signature_method") == "HMAC-SHA1"
+                and bool(fields.get("oauth_signature"))
+            )
+        return False
+
     def headers(self, request: Request) -> dict[str, str]:
         window = self.windows[_endpoint(request.path)]
         headers = {
@@ -136,7 +155,7 @@ class FakeX(FakeServer):
         return headers
 
     def handle(self, request: Request) -> Reply:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if not self._authorized(request.headers.get("Authorization", "")):
             return _problem(401, "Unauthorized", "Unauthorized")
         endpoint = _endpoint(request.path)
         window = self.windows[endpoint]
