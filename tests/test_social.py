@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from classifiers.model import Classifier
 from tests.conftest import tiny_text
+from tests.fakes.mastodon_api import FakeMastodon
 from tests.fakes.telegram_api import FakeTelegram, user
 from tests.fakes.x_api import FakeX
 from tests.helpers import make_config
@@ -227,3 +228,30 @@ def test_social_sources_need_a_named_token_and_resolve_it(
         check_secrets(config)
     token.chmod(0o600)
     check_secrets(config)
+
+
+def test_mastodon_mentions_through_the_worker(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeMastodon() as masto:
+        monkeypatch.setenv("TEST_MASTO_TOKEN", masto.token)  # type: ignore[attr-defined]
+        source = {
+            "name": "masto", "type": "mastodon", "api_base_url": masto.url,  # type: ignore[attr-defined]
+            "token_env": "TEST_MASTO_TOKEN", "timeout": 5,
+        }  # fmt: skip
+        worker = Worker(make_config(tmp_path, sources=[source]))
+        worker.db.upgrade()
+        worker.registry.register(*tiny_model, activate=True)
+        olena = masto.account("olena", "Олена П.", "example.social")  # type: ignore[attr-defined]
+        masto.mention(olena, f"<p>{text('complaint', 'billing')}</p>")  # type: ignore[attr-defined]
+        masto.mention(olena, f"<p>{text('question', 'delivery')}</p>", visibility="direct")  # type: ignore[attr-defined]
+        first = worker.run_once()
+        assert first.polls[0].count("stored") == 2 and first.outbox.sent == 1
+        [mail] = forwards(tmp_path)
+        summary = mail.get_payload()[0].get_payload(decode=True).decode()
+        assert "@olena@example.social" in summary and "https://example.social/@olena/" in summary
+        assert worker.run_once().polls[0].count("stored") == 0
+        with worker.db.session() as session:
+            channels = session.scalars(select(Message.channel)).all()
+        assert channels == ["mastodon", "mastodon"]
+        worker.db.dispose()
