@@ -33,7 +33,13 @@ class Prediction:
         label: The most probable label.
         confidence: Its calibrated probability in [0, 1], so a threshold means the same on
             every axis and every model version.
+        abstained: True when the model would rather say "none of our categories": the label
+            is the axis's out-of-scope label, or the confidence is below the abstain threshold
+            chosen at training time on held-out rows. The label is still the best guess, so
+            readers that ignore this field behave as before; the router should send an
+            abstained message to review.
     """
 
     label: str
     confidence: float
+    abstained: bool = False

@@ -248,3 +248,46 @@ def _clean_label(value: object) -> str | None:
 def _names(names: Sequence[str]) -> str:
     """Quote names for a message: 'subject', 'body'."""
     return ", ".join(repr(name) for name in names) or "(none)"
+
+
+def subset(data: LabelledData, rows: Sequence[int]) -> LabelledData:
+    """The given rows of `data`, in the given order, with all its axes."""
+    return LabelledData(
+        texts=[data.texts[row] for row in rows],
+        labels={axis: [values[row] for row in rows] for axis, values in data.labels.items()},
+    )
+
+
+def concat(parts: Sequence[LabelledData]) -> LabelledData:
+    """Rows of all parts one after another; an axis missing from a part is unlabelled there.
+
+    Raises:
+        DatasetError: If there are no parts.
+    """
+    if not parts:
+        raise DatasetError("There is no data to join.")
+    axes = list(dict.fromkeys(axis for part in parts for axis in part.axes))
+    texts: list[str] = []
+    labels: dict[str, list[str | None]] = {axis: [] for axis in axes}
+    for part in parts:
+        texts.extend(part.texts)
+        for axis in axes:
+            labels[axis].extend(part.labels.get(axis, [None] * len(part)))
+    return LabelledData(texts=texts, labels=labels, skipped=sum(p.skipped for p in parts))
+
+
+def to_json(data: LabelledData) -> dict[str, object]:
+    """A JSON-ready value of `data` (kept in a model's sidecar as its evaluation set)."""
+    return {"texts": list(data.texts), "labels": {k: list(v) for k, v in data.labels.items()}}
+
+
+def from_json(value: Mapping[str, object]) -> LabelledData:
+    """The inverse of `to_json`.
+
+    Raises:
+        DatasetError: If the value is not shaped like `to_json`'s output.
+    """
+    texts, labels = value.get("texts"), value.get("labels")
+    if not isinstance(texts, list) or not isinstance(labels, dict):
+        raise DatasetError("A stored evaluation set needs a list 'texts' and a dict 'labels'.")
+    return LabelledData(texts=texts, labels=labels)

@@ -6,6 +6,12 @@ cross-validation of the *whole* pipeline (features refitted inside every fold, s
 vocabulary or IDF leaks from the held-out rows). The final fits and all folds of all axes run
 as one pool of jobs, which keeps both cores busy and lets the CLI draw a progress bar.
 `evaluate` scores a model on held-out data, per axis.
+
+Confidence is checked too: the expected calibration error (ECE) of the out-of-fold predictions is
+kept with the CV scores and `evaluate` reports it on held-out data. An axis whose labels include
+an out-of-scope label ("oos": none of our categories) gets an abstain threshold, chosen on the
+out-of-fold probabilities of the training rows (or on a validation file when one is given),
+never on test data; see `classifiers.calibration`.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from classifiers import pipeline
+from classifiers import calibration, pipeline
 from classifiers.base import DatasetError, TrainingError
-from classifiers.datasets import LabelledData
+from classifiers.datasets import LabelledData, subset
 from classifiers.model import Classifier, library_versions
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ _RESERVED_KEYS = frozenset(
         "source",
         "metrics",
         "training",
+        "abstain",
+        "abstain_threshold",
     }
 )
 
@@ -78,6 +86,8 @@ def train(
     source: str = "",
     metadata: Mapping[str, Any] | None = None,
     n_jobs: int | None = None,
+    validation: LabelledData | None = None,
+    abstain_budget: float = calibration.ABSTAIN_BUDGET,
 ) -> Classifier:
     """Fit a Classifier on every axis of `data` and estimate its quality by cross-validation.
 
@@ -91,10 +101,17 @@ def train(
         metadata: Extra JSON-serializable sidecar entries (e.g. {"text_columns": [...]});
             they may not replace the keys this function writes.
         n_jobs: Worker processes; None uses all cores, or one for small data.
+        validation: Held-out labelled rows (e.g. clinc150 val + oos_val) to choose the abstain
+            threshold on, instead of the out-of-fold predictions of the training rows.
+        abstain_budget: In-scope accuracy the abstain threshold may cost (see
+            `calibration.choose_abstain_threshold`).
 
     Returns:
         The fitted Classifier; its metadata["metrics"]["cv"][axis] holds accuracy, macro_f1,
-        n, labels, folds and per_class scores (accuracy None when the estimate was skipped).
+        ece, n, labels, folds and per_class scores (accuracy None when the estimate was
+        skipped). An axis with an out-of-scope label has metadata["abstain_threshold"][axis]
+        and metadata["abstain"][axis] (label, threshold, how it was chosen, and the in-scope
+        accuracy and out-of-scope recall it gave there); other axes have threshold None.
 
     Raises:
         TrainingError: If there are no rows or axes, or an axis has no labelled rows, one
@@ -104,7 +121,17 @@ def train(
     # here: thread start-up swamps 10,000-element dot products. Worker processes of the
     # pool below are already limited to one thread each by joblib.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _train(data, progress, cv_folds, random_state, source, metadata, n_jobs)
+        return _train(
+            data,
+            progress,
+            cv_folds,
+            random_state,
+            source,
+            metadata,
+            n_jobs,
+            validation,
+            abstain_budget,
+        )
 
 
 def _train(
@@ -115,6 +142,8 @@ def _train(
     source: str,
     metadata: Mapping[str, Any] | None,
     n_jobs: int | None,
+    validation: LabelledData | None,
+    abstain_budget: float,
 ) -> Classifier:
     """Body of train(), run with BLAS limited to one thread."""
     started = time.monotonic()
@@ -156,9 +185,44 @@ def _train(
             )
     estimators, fold_predictions = _run(jobs, _n_jobs(n_jobs, axes), report)
 
-    metrics = {axis.name: _cv_metrics(axis, fold_predictions) for axis in axes}
+    outcomes = {axis.name: _cv_outcome(axis, fold_predictions) for axis in axes}
+    metrics = {name: outcome[0] for name, outcome in outcomes.items()}
+    abstain: dict[str, dict[str, Any]] = {}
+    for axis in axes:
+        oos = calibration.out_of_scope_label(metrics[axis.name]["labels"])
+        if oos is None:
+            continue
+        if validation is not None and axis.name in validation.axes:
+            predicted, confidence, truth = _predict_axis(
+                features, estimators[axis.name], validation, axis.name
+            )
+            chosen_by = f"validation data ({len(truth)} rows)"
+        else:
+            predicted, confidence = outcomes[axis.name][1], outcomes[axis.name][2]
+            truth = axis.labels.tolist()
+            chosen_by = f"out-of-fold predictions of {len(axis.folds)}-fold cross-validation"
+        choice = (
+            calibration.choose_abstain_threshold(predicted, confidence, truth, oos, abstain_budget)
+            if len(predicted)
+            else None
+        )
+        if choice is None:
+            log.warning("axis %s: no abstain threshold: no held-out %r predictions", axis.name, oos)
+            abstain[axis.name] = {"label": oos, "threshold": None, "chosen_by": "none"}
+            continue
+        abstain[axis.name] = {
+            "label": oos,
+            "threshold": choice.threshold,
+            "chosen_by": chosen_by,
+            "budget": abstain_budget,
+            "in_scope_accuracy": choice.in_scope_accuracy,
+            "oos_recall": choice.oos_recall,
+            "n_in_scope": choice.n_in_scope,
+            "n_oos": choice.n_oos,
+        }
     created = datetime.now(UTC)
-    version = f"{created:%Y%m%dT%H%M%SZ}-{data.fingerprint[:8]}"
+    # Milliseconds: two trainings on the same data in one second are still two versions.
+    version = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z-{data.fingerprint[:8]}"
     sidecar: dict[str, Any] = {
         "version": version,
         "created_at": created.isoformat(timespec="seconds"),
@@ -168,6 +232,10 @@ def _train(
         "data_fingerprint": data.fingerprint,
         "source": source,
         "metrics": {"cv": metrics},
+        "abstain_threshold": {
+            axis.name: abstain.get(axis.name, {}).get("threshold") for axis in axes
+        },
+        "abstain": abstain,
         "training": {
             "seconds": round(time.monotonic() - started, 1),
             "cv_folds": cv_folds,
@@ -201,11 +269,79 @@ def evaluate(classifier: Classifier, data: LabelledData) -> dict[str, dict[str, 
         data: Held-out texts and labels; its axes must be a subset of the model's.
 
     Returns:
-        Axis name to {"accuracy", "macro_f1", "n", "per_class": {label: {"precision",
-        "recall", "f1", "support"}}}; accuracy and macro_f1 are None when n is 0.
+        Axis name to {"accuracy", "macro_f1", "ece", "n", "per_class": {label: {"precision",
+        "recall", "f1", "support"}}}; accuracy, macro_f1 and ece are None when n is 0.
+        An abstention counts as a prediction of the axis's out-of-scope label. Axes with one
+        also get "in_scope_accuracy", "oos_recall" (None without such rows),
+        "abstain_threshold" and "abstained" (the fraction of rows abstained on). ECE is
+        measured on the top label, abstained or not.
 
     Raises:
         DatasetError: If the data has an axis the model does not know (both lists named).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for axis, outcome in predict_labelled(classifier, data).items():
+        results[axis] = _scores(outcome.truth, outcome.decided)
+        hits = [p == t for p, t in zip(outcome.predicted, outcome.truth, strict=True)]
+        results[axis]["ece"] = calibration.expected_calibration_error(outcome.confidence, hits)
+        if outcome.oos_label is not None:
+            in_scope, recall = calibration.abstain_scores(
+                outcome.predicted,
+                outcome.confidence,
+                outcome.truth,
+                outcome.oos_label,
+                outcome.threshold or 0.0,
+            )
+            results[axis].update(
+                in_scope_accuracy=in_scope,
+                oos_recall=recall,
+                abstain_threshold=outcome.threshold,
+                abstained=sum(outcome.abstained) / len(outcome.abstained)
+                if outcome.abstained
+                else None,
+            )
+        log.info(
+            "evaluated %s axis %s: accuracy %s, macro-F1 %s (n=%d)",
+            classifier.version,
+            axis,
+            _fmt(results[axis]["accuracy"]),
+            _fmt(results[axis]["macro_f1"]),
+            results[axis]["n"],
+        )
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class AxisOutcome:
+    """What a model said about the rows of one axis, next to the truth.
+
+    Attributes:
+        rows: Row numbers in the data.
+        truth: True labels.
+        predicted: Top labels.
+        confidence: Their calibrated probabilities.
+        abstained: Whether each prediction abstained.
+        decided: The label acted on: the out-of-scope label when abstained (if the axis has
+            one), else the top label.
+        oos_label: The axis's out-of-scope label, or None.
+        threshold: The abstain threshold, or None.
+    """
+
+    rows: list[int]
+    truth: list[str]
+    predicted: list[str]
+    confidence: list[float]
+    abstained: list[bool]
+    decided: list[str]
+    oos_label: str | None
+    threshold: float | None
+
+
+def predict_labelled(classifier: Classifier, data: LabelledData) -> dict[str, AxisOutcome]:
+    """Predict every labelled row once and line the answers up with the truth, per axis.
+
+    Raises:
+        DatasetError: If the data has an axis the model does not know.
     """
     unknown = [axis for axis in data.axes if axis not in classifier.axes]
     if unknown:
@@ -216,19 +352,34 @@ def evaluate(classifier: Classifier, data: LabelledData) -> dict[str, dict[str, 
     labelled = {axis: data.labelled(axis) for axis in data.axes}
     rows = sorted({row for axis_rows, _ in labelled.values() for row in axis_rows})
     predictions = dict(zip(rows, classifier.predict([data.texts[r] for r in rows]), strict=True))
-    results: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, AxisOutcome] = {}
     for axis, (axis_rows, truth) in labelled.items():
-        predicted = [predictions[row][axis].label for row in axis_rows]
-        results[axis] = _scores(truth, predicted)
-        log.info(
-            "evaluated %s axis %s: accuracy %s, macro-F1 %s (n=%d)",
-            classifier.version,
-            axis,
-            _fmt(results[axis]["accuracy"]),
-            _fmt(results[axis]["macro_f1"]),
-            results[axis]["n"],
+        threshold, oos = classifier.abstain_rule(axis)
+        answers = [predictions[row][axis] for row in axis_rows]
+        outcomes[axis] = AxisOutcome(
+            rows=axis_rows,
+            truth=truth,
+            predicted=[p.label for p in answers],
+            confidence=[p.confidence for p in answers],
+            abstained=[p.abstained for p in answers],
+            decided=[oos if (p.abstained and oos is not None) else p.label for p in answers],
+            oos_label=oos,
+            threshold=threshold,
         )
-    return results
+    return outcomes
+
+
+def _predict_axis(
+    features: Any, estimator: Any, data: LabelledData, axis: str
+) -> tuple[list[str], list[float], list[str]]:
+    """Top labels, their probabilities and the truth of `data`'s rows labelled on `axis`."""
+    rows, truth = data.labelled(axis)
+    if not rows:
+        return [], [], []
+    proba = estimator.predict_proba(features.transform([data.texts[r] for r in rows]))
+    best = proba.argmax(axis=1)
+    labels = [str(c) for c in estimator.classes_]
+    return [labels[i] for i in best], proba.max(axis=1).tolist(), truth
 
 
 def _check_data(data: LabelledData) -> tuple[str, ...]:
@@ -293,8 +444,12 @@ def _cross_validate_fold(
     train_labels: np.ndarray,
     test_texts: np.ndarray,
     random_state: int,
-) -> tuple[str, str, int, np.ndarray]:
-    """Fit features and classifier on one fold's training rows; predict its held-out rows."""
+) -> tuple[str, str, int, tuple[np.ndarray, np.ndarray]]:
+    """Fit features and classifier on one fold's training rows; predict its held-out rows.
+
+    Returns the fold's classes and the calibrated probabilities of its held-out rows, so the
+    caller can score labels, calibration and abstention from the same predictions.
+    """
     smallest = min(Counter(train_labels).values())
     model = Pipeline(
         [
@@ -303,15 +458,16 @@ def _cross_validate_fold(
         ]
     )
     model.fit(list(train_texts), train_labels)
-    return "fold", name, number, model.predict(list(test_texts))
+    classes = np.asarray([str(c) for c in model.classes_], dtype=object)
+    return "fold", name, number, (classes, model.predict_proba(list(test_texts)))
 
 
 def _run(
     jobs: list[Any], n_jobs: int, report: Callable[[str, int], None]
-) -> tuple[dict[str, Any], dict[str, dict[int, np.ndarray]]]:
+) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
     """Run fit and fold jobs in one pool, reporting each as it finishes."""
     estimators: dict[str, Any] = {}
-    folds: dict[str, dict[int, np.ndarray]] = {}
+    folds: dict[str, dict[int, Any]] = {}
     done = 1
     results: Iterable[tuple[str, str, int, Any]] = Parallel(
         n_jobs=n_jobs, return_as="generator_unordered"
@@ -334,25 +490,42 @@ def _n_jobs(n_jobs: int | None, axes: Sequence[_Axis]) -> int:
     return -1 if sum(len(axis.rows) for axis in axes) >= _PARALLEL_MIN_ROWS else 1
 
 
-def _cv_metrics(
-    axis: _Axis, fold_predictions: Mapping[str, Mapping[int, np.ndarray]]
-) -> dict[str, Any]:
-    """Assemble out-of-fold predictions of one axis into its scores."""
+def _cv_outcome(
+    axis: _Axis, fold_predictions: Mapping[str, Mapping[int, Any]]
+) -> tuple[dict[str, Any], list[str], list[float]]:
+    """Assemble out-of-fold predictions of one axis into its scores.
+
+    Returns:
+        (scores, out-of-fold top labels, their probabilities); the lists are empty when
+        cross-validation was skipped.
+    """
     labels = sorted(set(axis.labels.tolist()))
     if not axis.folds:
         log.warning("axis %s: no cross-validation estimate: %s", axis.name, axis.cv_skipped)
-        return {
+        scores = {
             **_scores([], []),
+            "ece": None,
             "n": len(axis.labels),
             "labels": labels,
             "folds": 0,
             "skipped": axis.cv_skipped,
         }
+        return scores, [], []
     predicted = np.empty(len(axis.labels), dtype=object)
+    confidence = np.empty(len(axis.labels), dtype=float)
     for number, (_, test_rows) in enumerate(axis.folds):
-        predicted[test_rows] = fold_predictions[axis.name][number]
-    scores = _scores(axis.labels.tolist(), predicted.tolist())
-    return {**scores, "labels": labels, "folds": len(axis.folds)}
+        classes, proba = fold_predictions[axis.name][number]
+        best = proba.argmax(axis=1)
+        predicted[test_rows] = classes[best]
+        confidence[test_rows] = proba[np.arange(len(best)), best]
+    truth = axis.labels.tolist()
+    scores = _scores(truth, predicted.tolist())
+    scores["ece"] = calibration.expected_calibration_error(confidence, predicted == axis.labels)
+    return (
+        {**scores, "labels": labels, "folds": len(axis.folds)},
+        predicted.tolist(),
+        confidence.tolist(),
+    )
 
 
 def _scores(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
@@ -404,3 +577,94 @@ def _quoted(names: Iterable[str]) -> str:
 def _fmt(value: float | None) -> str:
     """Format a score for the log; None means it was not estimated."""
     return "n/a" if value is None else f"{value:.3f}"
+
+
+# --- the promotion gate --------------------------------------------------------------------
+
+GATE_TOLERANCE = 0.01
+# A row goes to the held-out split only if every label it has has this many examples, so the
+# training part keeps enough of each class to train and calibrate.
+MIN_EXAMPLES_TO_HOLD_OUT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Regression:
+    """An axis on which a candidate model is worse than the active one by more than allowed."""
+
+    axis: str
+    candidate: float
+    active: float
+
+    @property
+    def drop(self) -> float:
+        """How much lower the candidate's macro-F1 is, in [0, 1]."""
+        return self.active - self.candidate
+
+    def __str__(self) -> str:
+        return (
+            f"axis {self.axis}: macro-F1 {self.candidate:.3f} vs {self.active:.3f} active "
+            f"({100 * self.drop:.1f} points lower)"
+        )
+
+
+def holdout_split(
+    data: LabelledData, fraction: float, random_state: int = 0
+) -> tuple[LabelledData, LabelledData | None]:
+    """Split off a held-out part, stratified on the first axis, reproducibly.
+
+    Rows with a label that has fewer than MIN_EXAMPLES_TO_HOLD_OUT examples on any axis stay
+    in the training part. The same data and seed always give the same split, so retraining on
+    the same file holds out the same rows as the model it may replace.
+
+    Args:
+        data: All labelled rows.
+        fraction: Share of rows to hold out, in [0, 1); 0 holds out nothing.
+        random_state: Seed of the draw.
+
+    Returns:
+        (training part, held-out part or None when nothing could be held out).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError("the held-out fraction must be in [0, 1)")
+    if fraction == 0 or not data.axes:
+        return data, None
+    counts = {axis: Counter(values) for axis, values in data.labels.items()}
+    strata: dict[str | None, list[int]] = {}
+    first = data.axes[0]
+    for row in range(len(data)):
+        if all(
+            values[row] is None or counts[axis][values[row]] >= MIN_EXAMPLES_TO_HOLD_OUT
+            for axis, values in data.labels.items()
+        ):
+            strata.setdefault(data.labels[first][row], []).append(row)
+    rng = np.random.default_rng(random_state)
+    held: list[int] = []
+    for key in sorted(strata, key=lambda k: (k is None, k or "")):
+        rows = strata[key]
+        take = round(fraction * len(rows))
+        held.extend(rng.permutation(rows)[:take].tolist())
+    if not held:
+        return data, None
+    held_set = set(held)
+    kept = [row for row in range(len(data)) if row not in held_set]
+    return subset(data, kept), subset(data, sorted(held))
+
+
+def regressions(
+    candidate: Mapping[str, Mapping[str, Any]],
+    active: Mapping[str, Mapping[str, Any]],
+    tolerance: float = GATE_TOLERANCE,
+) -> list[Regression]:
+    """Axes whose candidate macro-F1 is more than `tolerance` below the active model's.
+
+    Only axes both score (macro_f1 not None) are compared.
+    """
+    found = []
+    for axis, scores in candidate.items():
+        theirs = active.get(axis, {}).get("macro_f1")
+        ours = scores.get("macro_f1")
+        if ours is None or theirs is None:
+            continue
+        if ours < theirs - tolerance - 1e-12:
+            found.append(Regression(axis, float(ours), float(theirs)))
+    return found

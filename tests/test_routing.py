@@ -87,3 +87,10 @@ def test_redirect_all_to(tmp_path: Path) -> None:
     )
     route = Router(config).route(predictions("complaint", "billing", "urgent"), None)
     assert route.to_addrs == ("me@trial.test",) and route.cc_addrs == ("me@trial.test",)
+
+
+def test_an_abstaining_model_sends_to_review(router: Router) -> None:
+    guesses = predictions("complaint", "billing")
+    guesses["area"] = Prediction("billing", 0.9, abstained=True)
+    route = router.route(guesses, None)
+    assert route.department == "review" and "out of scope" in route.reason

@@ -3,6 +3,12 @@
 Exit codes scripts can rely on: 0 success; 1 the work ran but something failed (a source could
 not be polled, a forward failed); 2 bad usage or an invalid config; 3 the database cannot be
 opened; 4 no usable model.
+
+`triage status` is made for monitoring: 0 all is well; 1 something needs attention (a source
+without a successful poll within [alerts] stale_after_minutes, a source with at least
+[alerts] after_failures failed polls in a row, forwards that failed for good, no usable active
+model), each problem named in one line (``problems`` with --json); 2 an invalid config; 3 the
+database cannot be opened.
 """
 
 from __future__ import annotations
@@ -26,8 +32,7 @@ from classifiers.base import ClassifierError
 from classifiers.datasets import read_labelled
 from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
-from classifiers.training import train as train_model
-from triage import __version__, reports
+from triage import __version__, lifecycle, reports, status
 from triage.config import Config, check_secrets, load_config
 from triage.errors import TriageError
 from triage.forwarding import requeue
@@ -158,16 +163,26 @@ def db_upgrade(ctx: Context) -> None:
 @cli.command("run")
 @click.option("--once", is_flag=True, help="One pass over every source and the outbox, then exit.")
 @click.option("--quiet", "-q", is_flag=True, help="With --once: print no table, only the summary.")
+@click.option(
+    "--worker-id",
+    metavar="NAME",
+    help="Name this worker in its log lines (several workers of a systemd template share "
+    "one journal).",
+)
 @pass_context
-def run(ctx: Context, once: bool, quiet: bool) -> None:
+def run(ctx: Context, once: bool, quiet: bool, worker_id: str | None) -> None:
     """Run the worker: poll every source on its schedule and deliver forwards.
 
-    Stops cleanly on SIGTERM/SIGINT after the batch in hand. With --once, exits 1 when a source
-    could not be polled or a forward failed.
+    Stops cleanly on SIGTERM/SIGINT after the batch in hand; SIGHUP re-reads the config file
+    (an invalid one is refused and the running config kept). Serves the status page, /metrics
+    and /healthz on [web] listen. With --once, exits 1 when a source could not be polled or a
+    forward failed.
     """
     config = ctx.config()
+    if worker_id:
+        _name_worker(worker_id)
     check_secrets(config)
-    worker = Worker(config, ctx.database(config))
+    worker = Worker(config, ctx.database(config), config_path=ctx.config_path)
     if not once:
         worker.serve()
         return
@@ -175,6 +190,73 @@ def run(ctx: Context, once: bool, quiet: bool) -> None:
     _show_pass(result, config, quiet)
     failed = any(poll.error for poll in result.polls) or result.outbox.failed
     sys.exit(1 if failed else 0)
+
+
+def _name_worker(worker_id: str) -> None:
+    """Put the worker's id in every log line."""
+    name = worker_id.replace("%", "%%")
+    formatter = logging.Formatter(f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@pass_context
+def status_command(ctx: Context, as_json: bool) -> None:
+    """Health at a glance: sources, outbox, quarantine, review, the model; exit 1 on trouble.
+
+    Exit codes: 0 all is well; 1 something needs attention (each problem is named); 2 an
+    invalid config; 3 the database cannot be opened.
+    """
+    config = ctx.config()
+    report = status.collect(config, ctx.database(config))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        _show_status(report)
+    sys.exit(0 if report.healthy else 1)
+
+
+def _show_status(report: status.Status) -> None:
+    table = Table("source", "type", "last success (UTC)", "lag", "errors", "next poll", "state")
+    for s in report.sources:
+        state = "[red]failing[/]" if s.failing else "[red]stale[/]" if s.stale else "[green]ok[/]"
+        table.add_row(
+            s.name,
+            s.type,
+            f"{s.last_success_at:%Y-%m-%d %H:%M:%S}" if s.last_success_at else "never",
+            _duration(s.lag_seconds),
+            str(s.error_streak) + (f" ({_short(s.last_error, 50)})" if s.last_error else ""),
+            s.next_poll,
+            state,
+        )
+    out.print(table)
+    box = report.outbox
+    out.print(
+        f"outbox: {box.pending} pending ({box.retrying} retrying), {box.failed} failed, "
+        f"{box.sent} sent"
+    )
+    out.print(f"quarantined: {report.quarantined}; sent to review: {report.review}")
+    model = report.model
+    if model.usable:
+        out.print(f"model: {model.version} (active, loads)")
+    else:
+        out.print(f"model: [red]{model.problem}[/]", highlight=False)
+    for problem in report.problems:
+        out.print(f"[bold red]attention:[/] {problem}", highlight=False)
+    if report.healthy:
+        out.print("[green]all is well[/]")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @cli.command("poll")
@@ -297,24 +379,35 @@ def _short(text: str, width: int) -> str:
 @cli.command("train")
 @click.option(
     "--data",
-    "data_path",
-    required=True,
+    "data_paths",
+    multiple=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Labelled CSV or JSONL file.",
+    help="Labelled CSV or JSONL file; repeatable (default with --from-history: the files "
+    "the active model was trained on).",
 )
 @click.option(
     "--text-column",
     "text_columns",
     multiple=True,
-    required=True,
     help="Text column; repeat to join several (e.g. subject and body).",
 )
 @click.option(
     "--label",
     "label_columns",
     multiple=True,
-    required=True,
     help="Label column; each one becomes an axis of the model. Repeatable.",
+)
+@click.option(
+    "--from-history",
+    is_flag=True,
+    help="Also train on every message labelled with `triage label`.",
+)
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+    help="Share of the files' rows held out: the model's evaluation set for the quality gate.",
 )
 @click.option(
     "--out",
@@ -322,32 +415,97 @@ def _short(text: str, width: int) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder for the artifact (default: classifier.models_dir).",
 )
-@click.option("--activate", is_flag=True, help="Make the new model the active one.")
+@click.option("--activate", is_flag=True, help="Make the new model the active one, if it passes.")
+@click.option("--force", is_flag=True, help="With --activate: activate even if the gate refuses.")
 @pass_context
 def train(
     ctx: Context,
-    data_path: Path,
+    data_paths: tuple[Path, ...],
     text_columns: tuple[str, ...],
     label_columns: tuple[str, ...],
+    from_history: bool,
+    holdout: float,
     out_dir: Path | None,
     activate: bool,
+    force: bool,
 ) -> None:
-    """Train a classifier from a labelled file, with cross-validated quality per axis."""
+    """Train a classifier, with cross-validated and held-out quality per axis.
+
+    With --activate and a model already active, the candidate is compared with it on the
+    active model's evaluation set; a macro-F1 more than 1 point lower on any axis keeps the
+    candidate saved but inactive (exit 1), unless --force.
+    """
     config = ctx.config()
-    data = read_labelled(data_path, text_columns, label_columns)
+    needs_db = activate or from_history
+    db = ctx.database(config) if needs_db else None
+    registry = ModelRegistry(db, config.classifier.models_dir) if db is not None else None
+    active = None
+    if registry is not None and registry.active() is not None:
+        try:
+            active = registry.load_active()
+        except TriageError as exc:
+            err.print(f"[yellow]warning:[/] {exc}; the quality gate is skipped", highlight=False)
+    if data_paths:
+        if not text_columns or not label_columns:
+            raise click.UsageError("--data needs --text-column and --label")
+        spec = lifecycle.DataSpec(
+            tuple(p.resolve() for p in data_paths), text_columns, label_columns
+        )
+    elif from_history and active is not None:
+        spec = lifecycle.DataSpec.of(active)
+    else:
+        raise click.UsageError("name the training data with --data (or use --from-history)")
     with _progress() as progress:
-        classifier = train_model(data, progress=progress, source=data_path.name)
+        candidate = lifecycle.train_candidate(
+            spec, db=db, from_history=from_history, holdout=holdout, active=active,
+            progress=progress,
+        )  # fmt: skip
+    classifier = candidate.classifier
     path = classifier.save(out_dir or config.classifier.models_dir)
-    ModelRegistry(ctx.database(config), config.classifier.models_dir).register(
-        classifier, path, activate=activate
-    )
-    out.print(reports.metrics_table(classifier.metadata.get("metrics", {}).get("cv", {})))
-    state = (
-        "active"
-        if activate
-        else "not active; run `triage models activate " + classifier.version + "`"
-    )
-    out.print(f"model {classifier.version} saved to {path} ({state})")
+    if registry is None:
+        registry = ModelRegistry(ctx.database(config), config.classifier.models_dir)
+    registry.register(classifier, path, activate=False)
+    metrics = classifier.metadata.get("metrics", {})
+    out.print(reports.metrics_table(metrics.get("cv", {}), title="Cross-validated quality"))
+    if "holdout" in metrics:
+        out.print(
+            reports.metrics_table(
+                metrics["holdout"], title=f"Held-out quality ({len(candidate.held_out or [])} rows)"
+            )
+        )
+    if from_history:
+        out.print(f"trained with {candidate.n_corrections} human correction(s)")
+    if not activate:
+        out.print(
+            f"model {classifier.version} saved to {path} "
+            f"(not active; run `triage models activate {classifier.version}`)"
+        )
+        return
+    reason = "no model was active"
+    if active is not None:
+        verdict = lifecycle.gate(candidate, active)
+        out.print(f"quality gate against {verdict.active_version}, on {verdict.compared_on}:")
+        for axis, scores in verdict.candidate.items():
+            theirs = verdict.active.get(axis, {}).get("macro_f1")
+            if scores.get("macro_f1") is not None and theirs is not None:
+                out.print(f"  {axis}: macro-F1 {scores['macro_f1']:.3f} vs {theirs:.3f} active")
+        if not verdict.passed and not force:
+            for regression in verdict.regressions:
+                err.print(f"[bold red]refused:[/] {regression}", highlight=False)
+            err.print(
+                f"model {classifier.version} saved to {path} but NOT activated; "
+                f"{verdict.active_version} stays active (use --force to activate anyway)",
+                highlight=False,
+            )
+            sys.exit(1)
+        reason = (
+            "forced past the quality gate: " + "; ".join(map(str, verdict.regressions))
+            if verdict.regressions
+            else f"passed the quality gate against {verdict.active_version}"
+        )
+    registry.activate(classifier.version, by=lifecycle.current_user(), reason=reason)
+    out.print(f"model {classifier.version} saved to {path} (active)")
+    out.print(f"activated: {reason}", highlight=False)
 
 
 @contextmanager
@@ -440,8 +598,111 @@ def models_active(ctx: Context) -> None:
 def models_activate(ctx: Context, version: str) -> None:
     """Make VERSION the model every worker uses (no restart needed)."""
     config = ctx.config()
-    ModelRegistry(ctx.database(config), config.classifier.models_dir).activate(version)
+    ModelRegistry(ctx.database(config), config.classifier.models_dir).activate(
+        version, by=lifecycle.current_user(), reason="triage models activate"
+    )
     out.print(f"model {version} is active")
+
+
+@models_group.command("rollback")
+@pass_context
+def models_rollback(ctx: Context) -> None:
+    """Re-activate the model that was active before the current one; exit 4 if there is none."""
+    config = ctx.config()
+    registry = ModelRegistry(ctx.database(config), config.classifier.models_dir)
+    left, now = registry.rollback()
+    out.print(f"rolled back from model {left}; model {now} is active")
+
+
+# --- corrections ---------------------------------------------------------------------------
+
+
+@cli.command("label")
+@click.argument("message_id", type=int)
+@click.option("--kind", help="The right kind (complaint, feedback, question, spam, ...).")
+@click.option("--area", help="The right product area.")
+@click.option("--urgency", help="The right urgency.")
+@click.option("--by", "who", help="Who labels (default: $USER).")
+@pass_context
+def label(
+    ctx: Context,
+    message_id: int,
+    kind: str | None,
+    area: str | None,
+    urgency: str | None,
+    who: str | None,
+) -> None:
+    """Record a human label of MESSAGE_ID; `triage train --from-history` learns from it."""
+    labels = {
+        axis: value.strip()
+        for axis, value in (("kind", kind), ("area", area), ("urgency", urgency))
+        if value and value.strip()
+    }
+    if not labels:
+        raise click.UsageError("give at least one of --kind, --area, --urgency")
+    config = ctx.config()
+    db = ctx.database(config)
+    registry = ModelRegistry(db, config.classifier.models_dir)
+    if registry.active() is not None:
+        try:
+            known = registry.load_active()
+        except TriageError:
+            known = None
+        for axis, value in labels.items():
+            if known is not None and axis in known.axes and value not in known.labels(axis):
+                err.print(
+                    f"[yellow]note:[/] {axis} {value!r} is a new label; the active model knows "
+                    f"{', '.join(known.labels(axis))}",
+                    highlight=False,
+                )
+    for item in lifecycle.record_labels(db, message_id, labels, who or lifecycle.current_user()):
+        guess = (
+            f"the model said {item.model_label} {item.model_confidence:.2f}"
+            if item.model_label is not None and item.model_confidence is not None
+            else "no model guess stored"
+        )
+        out.print(f"message {message_id}: {item.axis} = {item.label} ({guess})", highlight=False)
+
+
+@cli.command("review")
+@click.option("--unlabelled", is_flag=True, help="Only messages nobody has labelled yet.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array on stdout.")
+@pass_context
+def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
+    """Messages that went to review, with the model's guesses and their human labels."""
+    config = ctx.config()
+    items = lifecycle.review_queue(ctx.database(config), unlabelled_only=unlabelled, limit=limit)
+    if as_json:
+        rows = [
+            {
+                "id": i.id,
+                "received_at": i.received_at.isoformat(),
+                "sender": i.sender,
+                "subject": i.subject,
+                "routing": i.routing,
+                "guesses": {a: {"label": g[0], "confidence": g[1]} for a, g in i.guesses.items()},
+                "labels": i.labels,
+            }
+            for i in items
+        ]
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="Sent to review (label with `triage label ID --kind ... --area ...`)")
+    for column in ("id", "received", "sender", "subject", "model guess", "why", "labelled"):
+        table.add_column(column, overflow="fold")
+    for i in items:
+        table.add_row(
+            str(i.id),
+            f"{i.received_at:%Y-%m-%d %H:%M}",
+            i.sender,
+            _short(i.subject, 40),
+            ", ".join(f"{a} {g[0]} {g[1]:.2f}" for a, g in i.guesses.items()) or "-",
+            _short(i.routing.removeprefix(lifecycle.REVIEW_PREFIX).strip(" ()"), 50),
+            ", ".join(f"{a} {v}" for a, v in i.labels.items()) or "-",
+        )
+    out.print(table)
+    out.print(f"{len(items)} message(s)")
 
 
 # --- history and operations ----------------------------------------------------------------

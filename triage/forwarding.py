@@ -230,7 +230,10 @@ class Forwarder:
 
     def _deliver(self, forward_id: int, now: datetime, result: FlushResult) -> None:
         with self.db.transaction() as session:
-            forward = session.get(Forward, forward_id)
+            # Another worker on the same PostgreSQL may hold this forward: skip it, never send twice.
+            forward = session.scalars(
+                select(Forward).where(Forward.id == forward_id).with_for_update(skip_locked=True)
+            ).first()
             if forward is None or forward.status != "pending":
                 return
             message = compose(session, forward, self.settings)

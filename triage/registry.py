@@ -21,7 +21,7 @@ from classifiers.base import ModelError
 from classifiers.model import Classifier
 from triage.errors import NoActiveModel
 from triage.store.database import Database
-from triage.store.schema import ModelVersion, utcnow
+from triage.store.schema import ModelActivation, ModelVersion, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class ModelRegistry:
         if activate:
             self.activate(classifier.version)
 
-    def activate(self, version: str) -> None:
-        """Make ``version`` the one every worker uses.
+    def activate(self, version: str, *, by: str = "", reason: str = "") -> None:
+        """Make ``version`` the one every worker uses, and record the activation.
 
         Raises:
             NoActiveModel: the version is unknown or its artifact does not load.
@@ -62,6 +62,50 @@ class ModelRegistry:
             self._load(row)  # refuse to activate what cannot be loaded
             session.execute(update(ModelVersion).values(active=False))
             row.active, row.activated_at = True, utcnow()
+            session.add(ModelActivation(version=version, activated_by=by, reason=reason))
+
+    def rollback(self) -> tuple[str, str]:
+        """Re-activate the version that was active before the current one.
+
+        Activations not rolled back form a stack whose top is the active version; this marks
+        the top (and activations of the same version right below it) rolled back, so a second
+        rollback steps further back instead of toggling between two versions.
+
+        Returns:
+            (the version left, the version now active).
+
+        Raises:
+            NoActiveModel: nothing is active, there is no earlier activation, or the earlier
+                version does not load (then nothing changes).
+        """
+        with self.db.transaction() as session:
+            current = session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+            if current is None:
+                raise NoActiveModel("no model is active, so there is nothing to roll back")
+            stack = list(
+                session.scalars(
+                    select(ModelActivation)
+                    .where(ModelActivation.rolled_back_at.is_(None))
+                    .order_by(ModelActivation.id.desc())
+                )
+            )
+            now = utcnow()
+            top = 0
+            while top < len(stack) and stack[top].version == current.version:
+                stack[top].rolled_back_at = now
+                top += 1
+            if top == len(stack):
+                raise NoActiveModel(
+                    f"model {current.version} has no earlier activation to roll back to; "
+                    "see `triage models list`"
+                )
+            previous = session.get(ModelVersion, stack[top].version)
+            assert previous is not None  # a foreign key
+            self._load(previous)  # raises before anything is committed
+            session.execute(update(ModelVersion).values(active=False))
+            previous.active, previous.activated_at = True, now
+            log.info("rolled back from model %s to %s", current.version, previous.version)
+            return current.version, previous.version
 
     def versions(self) -> list[ModelVersion]:
         with self.db.session() as session:

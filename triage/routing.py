@@ -52,17 +52,26 @@ class Router:
         kind = predictions.get(KIND)
         if kind is None:
             return self.review("the model has no 'kind' axis", urgent)
-        if kind.confidence < self.routing.min_confidence:
-            return self.review(f"low confidence: kind {kind.label} {kind.confidence:.2f}", urgent)
+        if unsure := self._unsure(kind):
+            return self.review(unsure, urgent)
         if kind.label not in self.routing.forward_kinds:
             return Route(None, f"not forwarded: {kind.label} is not a forwarded kind")
         area = predictions.get(AREA)
-        if area is not None and area.confidence < self.routing.min_confidence:
-            return self.review(f"low confidence: area {area.label} {area.confidence:.2f}", urgent)
+        if area is not None and (unsure := self._unsure(area)):
+            return self.review(unsure, urgent)
         department, why = self._department(kind.label, area.label if area else None)
         if department is None:
             return self.review(why, urgent)
         return self._send(department, f"forwarded to {department} ({why})", urgent)
+
+    def _unsure(self, prediction: Prediction) -> str | None:
+        """Why the router should not act on a prediction: the model abstained ("none of our
+        categories") or is below the configured confidence."""
+        if prediction.abstained:
+            return f"out of scope: best guess {prediction.label} {prediction.confidence:.2f}"
+        if prediction.confidence < self.routing.min_confidence:
+            return f"low confidence: {prediction.label} {prediction.confidence:.2f}"
+        return None
 
     def _is_urgent(self, urgency: Prediction | None) -> bool:
         return urgency is not None and urgency.label in self.routing.urgent_labels

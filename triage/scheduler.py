@@ -2,7 +2,10 @@
 
 ``run_once`` does one pass over every source and one flush, which is what ``triage run --once``
 and the tests call; ``serve`` runs the same jobs on a schedule until SIGTERM or SIGINT, then
-finishes the batch in hand (a warm stop).
+finishes the batch in hand (a warm stop). SIGHUP re-reads the config file and re-syncs the jobs
+(an invalid file is refused and the running config kept). Under systemd it reports READY=1 and
+keeps the watchdog fed from a job of its own; the status page, /metrics and /healthz are served
+on ``[web] listen``.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -25,8 +32,10 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from triage import metrics, notify, web
 from triage.alerts import Alerter
-from triage.config import Config
+from triage.config import AnySource, Config, check_secrets, load_config
+from triage.errors import ConfigError
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
 from triage.privacy import purge_before
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 OUTBOX_JOB = "flush-outbox"
 PURGE_JOB = "purge-retention"
 STALE_JOB = "check-stale"
+WATCHDOG_JOB = "watchdog"
 
 
 @dataclass
@@ -53,40 +63,72 @@ class PassResult:
 class Worker:
     """Everything one process needs: the database, the model, the pipeline and the forwarder."""
 
-    def __init__(self, config: Config, db: Database | None = None) -> None:
-        self.config = config
+    def __init__(
+        self, config: Config, db: Database | None = None, config_path: Path | None = None
+    ) -> None:
         self.db = db or Database(config.database.url)
-        self.registry = ModelRegistry(self.db, config.classifier.models_dir)
-        self.alerter = Alerter(config, make_transport(config))
-        classifier = ActiveClassifier(self.registry, on_problem=self.alerter.model_problem)
-        self.pipeline = Pipeline(self.db, config, Router(config), classifier)
-        self.forwarder = Forwarder(self.db, config, make_transport(config))
+        self.config_path = config_path  # re-read at SIGHUP
+        self._configure(config)
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
+        self._watchers: dict[str, tuple[threading.Thread, threading.Event, AnySource]] = {}
         self._started = _now()
+
+    def _configure(self, config: Config) -> None:
+        """Build what depends on the config (at start, and again at a reload)."""
+        alerter = Alerter(config, make_transport(config))
+        previous: Pipeline | None = getattr(self, "pipeline", None)
+        if previous is not None and previous.config.classifier == config.classifier:
+            classifier = previous.classifier  # the loaded model, and the problems already told
+            classifier.on_problem = alerter.model_problem
+        else:
+            registry = ModelRegistry(self.db, config.classifier.models_dir)
+            classifier = ActiveClassifier(registry, on_problem=alerter.model_problem)
+        # Each part is swapped whole: jobs already running finish with what they started with.
+        self.registry = classifier.registry
+        self.alerter = alerter
+        self.pipeline = Pipeline(self.db, config, Router(config), classifier)
+        self.forwarder = Forwarder(self.db, config, make_transport(config))
+        self.config = config
 
     def poll(self, name: str) -> PollResult:
         """One poll of the source called ``name``, now, whatever its backoff."""
         source = self.config.source(name)
+        began = time.monotonic()
         result = self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
+        metrics.observe_poll(result, time.monotonic() - began)
         self.alerter.after_poll(result)
         return result
 
-    def _start_watchers(self, stop: threading.Event) -> list[threading.Thread]:
-        """One IDLE thread per source that supports push; each wakes its source's poll job."""
-        threads = []
-        for source in self.config.sources:
-            watcher = make_watcher(
-                self.config, source.name, partial(self._wake, f"poll:{source.name}")
-            )
+    def _sync_watchers(self) -> None:
+        """One IDLE thread per source that supports push; each wakes its source's poll job.
+
+        A source removed or changed by a reload has its watcher stopped (and restarted anew).
+        """
+        wanted = {source.name: source for source in self.config.sources}
+        for name, (_, stop, source) in list(self._watchers.items()):
+            if wanted.get(name) != source:
+                stop.set()
+                del self._watchers[name]
+        for name, source in wanted.items():
+            if name in self._watchers:
+                continue
+            watcher = make_watcher(self.config, name, partial(self._wake, f"poll:{name}"))
             if watcher is None:
                 continue
+            stop = threading.Event()
             thread = threading.Thread(
-                target=watcher.run, args=(stop,), name=f"idle:{source.name}", daemon=True
+                target=watcher.run, args=(stop,), name=f"idle:{name}", daemon=True
             )
             thread.start()
-            threads.append(thread)
-        return threads
+            self._watchers[name] = (thread, stop, source)
+
+    def _stop_watchers(self) -> None:
+        for _, stop, _ in self._watchers.values():
+            stop.set()
+        for thread, _, _ in self._watchers.values():
+            thread.join(timeout=10)
+        self._watchers.clear()
 
     def _wake(self, job_id: str) -> None:
         """Run a scheduled job now (still one instance at a time)."""
@@ -99,6 +141,8 @@ class Worker:
 
     def poll_if_due(self, name: str) -> PollResult | None:
         """The scheduled poll: a failing source waits out its backoff; others are not held up."""
+        if all(source.name != name for source in self.config.sources):
+            return None  # removed by a reload while this run was due
         source = self.config.source(name)
         interval = source.poll_interval or self.config.schedule.poll_interval
         until = self.pipeline.backoff_until(name, interval)
@@ -138,40 +182,27 @@ class Worker:
         return result
 
     def serve(self) -> None:
-        """Run the jobs on their schedules until SIGTERM/SIGINT."""
+        """Run the jobs on their schedules until SIGTERM/SIGINT; SIGHUP re-reads the config."""
+        executors = {"default": ThreadPoolExecutor(max(4, len(self.config.sources) + 2))}
+        ping = notify.watchdog_interval()
+        if ping:  # its own thread, so slow polls never starve the watchdog
+            executors[WATCHDOG_JOB] = ThreadPoolExecutor(1)
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(2, len(self.config.sources) + 1))},
+            executors=executors,
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone="UTC",
         )
-        for source in self.config.sources:
-            interval = source.poll_interval or self.config.schedule.poll_interval
-            scheduler.add_job(
-                self.poll_if_due,
-                "interval",
-                args=[source.name],
-                seconds=interval,
-                id=f"poll:{source.name}",
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=_now(),
-            )
-        outbox = self.config.schedule.outbox_interval
-        scheduler.add_job(
-            self.flush_outbox,
-            "interval",
-            seconds=outbox,
-            id=OUTBOX_JOB,
-            misfire_grace_time=max(1, int(outbox)),
-            next_run_time=_now(),
-        )
-        if self.config.retention.raw_days:
-            scheduler.add_job(self.purge, "interval", hours=24, id=PURGE_JOB, next_run_time=_now())
-        scheduler.add_job(self.check_stale, "interval", minutes=1, id=STALE_JOB)
         self._scheduler = scheduler
+        self._sync_jobs()
+        scheduler.add_job(self.check_stale, "interval", minutes=1, id=STALE_JOB)
+        if ping:
+            scheduler.add_job(
+                notify.watchdog, "interval", seconds=ping, id=WATCHDOG_JOB, executor=WATCHDOG_JOB
+            )
         scheduler.add_listener(
             _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
         )
-        stop = threading.Event()
+        stop, reload, woken = threading.Event(), threading.Event(), threading.Event()
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             log.info(
@@ -179,23 +210,120 @@ class Worker:
                 signal.Signals(signum).name,
             )
             stop.set()
+            woken.set()
+
+        def request_reload(_signum: int, _frame: FrameType | None) -> None:
+            reload.set()
+            woken.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_reload)
         scheduler.start()
-        watchers = self._start_watchers(stop)
+        self._sync_watchers()
+        site = web.start(lambda: self.config, self.db, self._started)
         log.info(
             "worker started: %d source(s), %d watched with IMAP IDLE, outbox every %g s",
             len(self.config.sources),
-            len(watchers),
-            outbox,
+            len(self._watchers),
+            self.config.schedule.outbox_interval,
         )
-        stop.wait()
-        for watcher in watchers:
-            watcher.join(timeout=10)
+        notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
+        while not stop.is_set():
+            woken.wait()
+            woken.clear()
+            if reload.is_set() and not stop.is_set():
+                reload.clear()
+                self._reload_now()
+        notify.notify("STOPPING=1")
+        if site is not None:
+            site.close()
+        self._stop_watchers()
         scheduler.shutdown(wait=True)
         self.db.dispose()
         log.info("worker stopped")
+
+    def _reload_now(self) -> None:
+        notify.reloading()
+        try:
+            self.reload()
+        except Exception:  # a reload must never take the running worker down
+            log.exception("config reload failed; the running config is kept")
+        notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
+
+    def reload(self) -> bool:
+        """Re-read the config file: sources and departments change without a restart.
+
+        An invalid file (or a secret it names that cannot be read) is refused with the reason
+        logged, and the running config is kept. [database] and [web] change only at a restart.
+        """
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to re-read")
+            return False
+        log.info("SIGHUP received: re-reading %s", self.config_path)
+        try:
+            config = load_config(self.config_path)
+            check_secrets(config)
+        except ConfigError as exc:
+            log.error("new config refused, the running one is kept: %s", exc)
+            return False
+        for section in ("database", "web"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("[%s] changed: that takes effect at the next restart", section)
+        config = config.model_copy(
+            update={"database": self.config.database, "web": self.config.web}
+        )
+        before = {source.name for source in self.config.sources}
+        self._configure(config)
+        if self._scheduler is not None:
+            self._sync_jobs()
+            self._sync_watchers()
+        after = {source.name for source in config.sources}
+        log.info(
+            "config reloaded: %d source(s) (added: %s; removed: %s), %d department(s)",
+            len(after),
+            ", ".join(sorted(after - before)) or "none",
+            ", ".join(sorted(before - after)) or "none",
+            len(config.departments),
+        )
+        return True
+
+    def _sync_jobs(self) -> None:
+        """Make the scheduled jobs match the config: one poll job per source, outbox, purge."""
+        assert self._scheduler is not None
+        wanted = {f"poll:{source.name}": source for source in self.config.sources}
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("poll:") and job.id not in wanted:
+                job.remove()
+        for job_id, source in wanted.items():
+            interval = source.poll_interval or self.config.schedule.poll_interval
+            self._every(job_id, interval, self.poll_if_due, [source.name])
+        self._every(OUTBOX_JOB, self.config.schedule.outbox_interval, self.flush_outbox)
+        if self.config.retention.raw_days:
+            self._every(PURGE_JOB, 24 * 3600, self.purge)
+        elif self._scheduler.get_job(PURGE_JOB) is not None:
+            self._scheduler.remove_job(PURGE_JOB)
+
+    def _every(
+        self, job_id: str, seconds: float, func: Callable[..., Any], args: list[Any] | None = None
+    ) -> None:
+        """Add an interval job that runs now, or re-time an existing one whose interval changed."""
+        assert self._scheduler is not None
+        grace = max(1, int(seconds))
+        job = self._scheduler.get_job(job_id)
+        if job is None:
+            self._scheduler.add_job(
+                func,
+                "interval",
+                args=args,
+                seconds=seconds,
+                id=job_id,
+                misfire_grace_time=grace,
+                next_run_time=_now(),
+            )
+        elif job.trigger.interval != timedelta(seconds=seconds):
+            job.modify(misfire_grace_time=grace)
+            job.reschedule("interval", seconds=seconds)
 
 
 def _now() -> datetime:

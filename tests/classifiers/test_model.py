@@ -263,3 +263,20 @@ def test_features_keep_ukrainian_words_whole() -> None:
     words = dict(features.transformer_list)["word"].vocabulary_
 
     assert {"п'ять", "гривень", "мій", "рахунок", "п'ять гривень"} <= words.keys()
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fast_probabilities_equal_scikit_learns(tiny_data: LabelledData, n_classes: int) -> None:
+    from classifiers.training import train
+
+    kinds = tiny_data.labels["kind"]
+    if n_classes == 2:
+        kinds = ["complaint" if k == "complaint" else "other" for k in kinds]
+    model = train(LabelledData(tiny_data.texts, {"kind": kinds}), cv_folds=0)
+    texts = [*tiny_data.texts, *UNSEEN]
+
+    ours = model.predict_proba(texts)["kind"]
+    theirs = model.estimators["kind"].predict_proba(model.features.transform(texts))
+
+    assert model._sigmoids["kind"] is not None  # the fast path is the one tested
+    np.testing.assert_array_equal(ours, theirs)

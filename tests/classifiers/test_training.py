@@ -12,7 +12,7 @@ from classifiers.model import Classifier
 from classifiers.training import evaluate, train
 from tests.classifiers.conftest import make_tiny_data
 
-METRIC_KEYS = {"accuracy", "macro_f1", "n", "per_class"}
+METRIC_KEYS = {"accuracy", "macro_f1", "ece", "n", "per_class"}
 
 
 def test_metadata_records_versions_data_and_cv_scores(
@@ -20,7 +20,7 @@ def test_metadata_records_versions_data_and_cv_scores(
 ) -> None:
     metadata = tiny_classifier.metadata
 
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", tiny_classifier.version)
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}", tiny_classifier.version)
     assert tiny_classifier.version.endswith(tiny_data.fingerprint[:8])
     assert metadata["data_fingerprint"] == tiny_data.fingerprint
     assert metadata["n_samples"] == 60

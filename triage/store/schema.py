@@ -205,3 +205,42 @@ class ModelVersion(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     activated_at: Mapped[datetime | None]
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ModelActivation(Base):
+    """One activation of a model version, kept so `triage models rollback` can step back.
+
+    The rows not rolled back form a stack whose top is the active version; a rollback marks
+    the top rolled back and re-activates the version below it.
+    """
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"), index=True)
+    activated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activated_by: Mapped[str] = mapped_column(String(255), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rolled_back_at: Mapped[datetime | None]
+
+
+class Label(Base):
+    """A human's label of one message on one axis, next to what the model had guessed.
+
+    Rows are never updated: a newer label of the same (message, axis) supersedes older ones,
+    so the history keeps who changed their mind and when. Erasing a message erases its labels.
+    """
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    axis: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(128))
+    labelled_by: Mapped[str] = mapped_column(String(255), default="")
+    labelled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    model_label: Mapped[str | None] = mapped_column(String(128))
+    model_confidence: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,280 @@
+"""The model lifecycle from the CLI: the quality gate, rollback, human labels and retraining on them."""
+
+from __future__ import annotations
+
+import csv
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from classifiers.model import Classifier
+from tests.conftest import tiny_rows, tiny_text
+from tests.connectors.test_maildir import deliver
+from tests.helpers import make_config, make_email
+from triage import lifecycle
+from triage.cli import main
+from triage.registry import ModelRegistry
+from triage.scheduler import Worker
+from triage.store.database import Database
+from triage.store.schema import Label, ModelActivation
+
+AXES = ("kind", "area", "urgency")
+COLUMNS = ["--text-column", "text", "--label", "kind", "--label", "area", "--label", "urgency"]
+
+
+def write_rows(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", *AXES])
+        writer.writerows(rows)
+    return path
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "triage.db"}"\n\n'
+        f'[classifier]\nmodels_dir = "{tmp_path / "models"}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def run(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    config: Path,
+    *args: str,
+) -> tuple[int, str, str]:
+    """Run the triage command in this process; returns (exit code, stdout, stderr)."""
+    argv = ["triage", "--config", str(config), "--log-level", "WARNING", *args]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def active_version(config: Path) -> str | None:
+    url = f"sqlite:///{config.parent / 'triage.db'}"
+    row = ModelRegistry(Database(url), config.parent / "models").active()
+    return row.version if row else None
+
+
+def test_quality_gate_blocks_a_worse_model_until_forced_and_rollback_restores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path)
+    good_rows = tiny_rows()
+    good = write_rows(tmp_path / "good.csv", good_rows)
+    shuffled = [row[1] for row in good_rows]
+    random.Random(0).shuffle(shuffled)
+    bad = write_rows(
+        tmp_path / "bad.csv",
+        [(t, k, a, u) for (t, _, a, u), k in zip(good_rows, shuffled, strict=True)],
+    )
+
+    code, out, err = run(
+        capsys, monkeypatch, config, "train", "--data", str(good), *COLUMNS, "--activate"
+    )
+    assert code == 0, err
+    assert "(active)" in out and "activated: no model was active" in out
+    first = active_version(config)
+    assert first is not None
+
+    code, out, err = run(
+        capsys, monkeypatch, config, "train", "--data", str(bad), *COLUMNS, "--activate"
+    )
+    assert code == 1
+    assert "refused: axis kind: macro-F1" in err and "points lower" in err
+    assert "area" not in err.split("NOT activated")[0]  # only the damaged axis is named
+    assert "NOT activated" in err
+    assert active_version(config) == first
+    models = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert len(models) == 2  # the refused model is kept, for inspection
+
+    code, out, err = run(
+        capsys, monkeypatch, config, "train", "--data", str(bad), *COLUMNS, "--activate", "--force"
+    )
+    assert code == 0, err
+    assert "forced past the quality gate: axis kind" in out
+    forced = active_version(config)
+    assert forced not in (None, first)
+
+    code, out, err = run(capsys, monkeypatch, config, "models", "rollback")
+    assert code == 0, err
+    assert f"rolled back from model {forced}; model {first} is active" in out
+    assert active_version(config) == first
+
+    code, out, err = run(capsys, monkeypatch, config, "models", "rollback")
+    assert code == 4
+    assert "no earlier activation" in err
+    assert active_version(config) == first
+
+    code, out, _ = run(capsys, monkeypatch, config, "models", "list")
+    assert code == 0 and first in out
+
+
+def test_a_good_retrain_passes_the_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path)
+    data = write_rows(tmp_path / "data.csv", tiny_rows())
+    more = write_rows(tmp_path / "more.csv", tiny_rows(seed=5))
+    assert (
+        run(capsys, monkeypatch, config, "train", "--data", str(data), *COLUMNS, "--activate")[0]
+        == 0
+    )
+
+    code, out, err = run(
+        capsys, monkeypatch, config,
+        "train", "--data", str(data), "--data", str(more), *COLUMNS, "--activate",
+    )  # fmt: skip
+
+    assert code == 0, err
+    assert "on the active model's evaluation set" in out
+    assert "passed the quality gate" in out
+
+
+def test_rollback_steps_back_through_activations(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'triage.db'}")
+    db.upgrade()
+    registry = ModelRegistry(db, tmp_path / "models")
+    classifier, path = tiny_model
+    registry.register(classifier, path, activate=False)
+    other = Classifier(
+        classifier.features, classifier.estimators, {**classifier.metadata, "version": "v-two"}
+    )
+    registry.register(other, other.save(tmp_path / "elsewhere"), activate=False)
+
+    registry.activate(classifier.version, by="a")
+    registry.activate("v-two", by="b")
+    registry.activate("v-two", by="b")  # activating the active one again changes nothing
+
+    assert registry.rollback() == ("v-two", classifier.version)
+    with db.session() as session:
+        history = list(session.scalars(select(ModelActivation).order_by(ModelActivation.id)))
+    assert [(h.version, h.activated_by, h.rolled_back_at is None) for h in history] == [
+        (classifier.version, "a", True),
+        ("v-two", "b", False),
+        ("v-two", "b", False),
+    ]
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> Worker:
+    """A worker that sent three messages to review: the model is never sure enough."""
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email(*tiny_text("complaint", "billing")))
+    deliver(box, "2.b", make_email(*tiny_text("question", "delivery")))
+    deliver(
+        box, "3.c", make_email("Gift wrapping", "Could you wrap the order as a present for my mum")
+    )
+    source = {"name": "box", "type": "maildir", "path": str(box)}
+    routing = {"review_department": "review", "min_confidence": 1.0}
+    worker = Worker(make_config(tmp_path, sources=[source], routing=routing))
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    assert worker.run_once().polls[0].count("stored") == 3
+    return worker
+
+
+def test_review_lists_messages_sent_to_review_and_labels_keep_the_models_guess(
+    reviewed: Worker,
+) -> None:
+    queue = lifecycle.review_queue(reviewed.db)
+    assert len(queue) == 3
+    assert all(item.routing.startswith("sent to review") for item in queue)
+    complaint = next(i for i in queue if i.subject == tiny_text("complaint", "billing")[0])
+    guess, confidence = complaint.guesses["kind"]
+    assert guess == "complaint" and 0 < confidence < 1
+
+    recorded = lifecycle.record_labels(reviewed.db, complaint.id, {"kind": "feedback"}, "lead")
+    lifecycle.record_labels(
+        reviewed.db, complaint.id, {"kind": "question", "area": "billing"}, "boss"
+    )
+
+    assert recorded[0].model_label == "complaint"
+    labels = lifecycle.current_labels(reviewed.db)[complaint.id]
+    assert {axis: label.label for axis, label in labels.items()} == {
+        "kind": "question",
+        "area": "billing",
+    }
+    assert labels["kind"].labelled_by == "boss" and labels["kind"].model_label == "complaint"
+    with reviewed.db.session() as session:
+        assert session.query(Label).count() == 3  # the superseded label is kept
+    assert {i.id for i in lifecycle.review_queue(reviewed.db, unlabelled_only=True)} == {
+        i.id for i in queue if i.id != complaint.id
+    }
+    with pytest.raises(lifecycle.UnknownMessage, match="no message 999"):
+        lifecycle.record_labels(reviewed.db, 999, {"kind": "spam"}, "lead")
+
+
+def test_a_correction_changes_the_next_models_prediction(reviewed: Worker, tmp_path: Path) -> None:
+    message = next(i for i in lifecycle.review_queue(reviewed.db) if i.subject == "Gift wrapping")
+    base = lifecycle.DataSpec((write_rows(tmp_path / "base.csv", tiny_rows()),), ("text",), AXES)
+    before = lifecycle.train_candidate(base, db=reviewed.db, holdout=0).classifier
+    with reviewed.db.session() as session:
+        stored = session.get(lifecycle.Message, message.id)
+        text = f"{stored.subject}\n{stored.text}"
+    old = before.predict([text])[0]
+    want_kind = "feedback" if old["kind"].label != "feedback" else "complaint"
+    want_area = "billing" if old["area"].label != "billing" else "delivery"
+
+    lifecycle.record_labels(reviewed.db, message.id, {"kind": want_kind, "area": want_area}, "lead")
+    after = lifecycle.train_candidate(base, db=reviewed.db, from_history=True, holdout=0)
+
+    assert after.n_corrections == 1
+    new = after.classifier.predict([text])[0]
+    assert (new["kind"].label, new["area"].label) == (want_kind, want_area)
+    assert after.classifier.metadata["training_data"]["corrections"] == 1
+    assert "1 correction(s)" in after.classifier.metadata["source"]
+
+
+def test_label_and_review_from_the_cli(
+    reviewed: Worker,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "triage.db"}"\n\n'
+        f'[classifier]\nmodels_dir = "{tmp_path / "models"}"\n',
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, monkeypatch, config, "review")
+    assert code == 0, err
+    assert "Gift wrapping" in out and "3 message(s)" in out
+    target = lifecycle.review_queue(reviewed.db)[0]
+
+    code, out, err = run(
+        capsys,
+        monkeypatch,
+        config,
+        "label",
+        str(target.id),
+        "--kind",
+        "spam",
+        "--urgency",
+        "urgent",
+        "--by",
+        "olena",
+    )
+    assert code == 0, err
+    assert f"message {target.id}: kind = spam (the model said" in out
+    assert "'spam' is a new label" in err
+    code, out, _ = run(capsys, monkeypatch, config, "review", "--unlabelled")
+    assert "2 message(s)" in out
+
+    code, _, err = run(capsys, monkeypatch, config, "label", str(target.id))
+    assert code == 2 and "at least one of --kind" in err

@@ -1,0 +1,373 @@
+"""The model lifecycle the admin drives: retraining with corrections, and the quality gate.
+
+A support lead labels a message (`triage label`); the label is stored next to what the model had
+guessed, and `triage train --from-history` adds every message's latest human labels to the base
+training data, with the same text the worker classifies (subject, newline, the stored text).
+
+Every model trained from the CLI keeps a held-out split of its base data in its sidecar
+("evaluation_set"). `triage train --activate` scores the candidate and the active model on the
+active model's evaluation set, rows neither has trained on (they are kept out of the
+candidate's training part), and refuses to activate a candidate whose macro-F1 is more than one
+point lower on any axis, unless forced.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from classifiers.datasets import LabelledData, concat, from_json, read_labelled, subset, to_json
+from classifiers.model import Classifier
+from classifiers.training import (
+    GATE_TOLERANCE,
+    ProgressCallback,
+    Regression,
+    evaluate,
+    holdout_split,
+    regressions,
+    train,
+)
+from triage.errors import TriageError
+from triage.store.database import Database
+from triage.store.schema import Classification, Customer, Label, Message
+
+log = logging.getLogger(__name__)
+
+REVIEW_PREFIX = "sent to review"
+
+
+class UnknownMessage(TriageError):
+    """The message id names no stored message (or one without text to learn from)."""
+
+    exit_code = 1
+
+
+def current_user() -> str:
+    """Who is running the command: $USER, else the login name, else "unknown"."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A label just stored, with the model's guess it corrects (if any)."""
+
+    axis: str
+    label: str
+    model_label: str | None
+    model_confidence: float | None
+
+
+def record_labels(
+    db: Database, message_id: int, labels: Mapping[str, str], by: str
+) -> list[Recorded]:
+    """Store a human label per axis for one message, with the model's latest guess on it.
+
+    Raises:
+        UnknownMessage: No such message, or it was quarantined or purged (no text).
+    """
+    if not labels:
+        raise ValueError("no label given")
+    with db.transaction() as session:
+        message = session.get(Message, message_id)
+        if message is None:
+            raise UnknownMessage(f"there is no message {message_id}; see `triage review`")
+        if message.status == "quarantined" or message.purged_at is not None:
+            raise UnknownMessage(
+                f"message {message_id} is {'quarantined' if message.status == 'quarantined' else 'purged'}"
+                "; it has no text to learn from"
+            )
+        guesses = _latest_guesses(session, [message_id]).get(message_id, {})
+        recorded = []
+        for axis, label in labels.items():
+            guess = guesses.get(axis)
+            session.add(
+                Label(
+                    message_id=message_id,
+                    axis=axis,
+                    label=label,
+                    labelled_by=by,
+                    model_label=guess.label if guess else None,
+                    model_confidence=guess.confidence if guess else None,
+                    model_version=guess.model_version if guess else None,
+                )
+            )
+            recorded.append(
+                Recorded(
+                    axis,
+                    label,
+                    guess.label if guess else None,
+                    guess.confidence if guess else None,
+                )
+            )
+    log.info("message %d labelled by %s: %s", message_id, by, dict(labels))
+    return recorded
+
+
+def current_labels(
+    db: Database, message_ids: Sequence[int] | None = None
+) -> dict[int, dict[str, Label]]:
+    """Message id to axis to its latest human label (all labelled messages when ids is None)."""
+    with db.session() as session:
+        query = select(Label).order_by(Label.id)
+        if message_ids is not None:
+            query = query.where(Label.message_id.in_(list(message_ids)))
+        latest: dict[int, dict[str, Label]] = {}
+        for label in session.scalars(query):
+            latest.setdefault(label.message_id, {})[label.axis] = label
+        return latest
+
+
+def corrections(db: Database, axes: Sequence[str]) -> LabelledData:
+    """Every labelled message as a training row: subject + newline + text, latest labels.
+
+    Labels on axes not in `axes` are left out; messages whose text was purged are skipped.
+    """
+    latest = current_labels(db)
+    texts: list[str] = []
+    columns: dict[str, list[str | None]] = {axis: [] for axis in axes}
+    with db.session() as session:
+        for message_id, by_axis in sorted(latest.items()):
+            message = session.get(Message, message_id)
+            if message is None or message.purged_at is not None or not message.text.strip():
+                continue
+            if not any(axis in by_axis for axis in axes):
+                continue
+            texts.append(f"{message.subject}\n{message.text}")
+            for axis in axes:
+                label = by_axis.get(axis)
+                columns[axis].append(label.label if label else None)
+    return LabelledData(texts=texts, labels=columns)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """A message that went to review, with the model's guesses and the human labels so far."""
+
+    id: int
+    received_at: datetime
+    sender: str
+    subject: str
+    routing: str
+    guesses: dict[str, tuple[str, float]]
+    labels: dict[str, str]
+
+
+def review_queue(
+    db: Database, *, unlabelled_only: bool = False, limit: int = 100
+) -> list[ReviewItem]:
+    """Messages routed to review, newest first."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Message, Customer.address)
+            .outerjoin(Customer, Customer.id == Message.customer_id)
+            .where(Message.routing.startswith(REVIEW_PREFIX))
+            .order_by(Message.received_at.desc(), Message.id.desc())
+        ).all()
+        ids = [message.id for message, _ in rows]
+        guesses = _latest_guesses(session, ids)
+    labels = current_labels(db, ids)
+    items = []
+    for message, address in rows:
+        human = {axis: label.label for axis, label in labels.get(message.id, {}).items()}
+        if unlabelled_only and human:
+            continue
+        items.append(
+            ReviewItem(
+                id=message.id,
+                received_at=message.received_at,
+                sender=address or "",
+                subject=message.subject,
+                routing=message.routing,
+                guesses={
+                    axis: (c.label, c.confidence) for axis, c in guesses.get(message.id, {}).items()
+                },
+                labels=human,
+            )
+        )
+        if len(items) >= limit:
+            break
+    return items
+
+
+def _latest_guesses(
+    session: object, message_ids: Sequence[int]
+) -> dict[int, dict[str, Classification]]:
+    """Message id to axis to the newest classification the model stored for it."""
+    if not message_ids:
+        return {}
+    latest: dict[int, dict[str, Classification]] = {}
+    for row in session.scalars(  # type: ignore[attr-defined]
+        select(Classification)
+        .where(Classification.message_id.in_(list(message_ids)))
+        .order_by(Classification.id)
+    ):
+        latest.setdefault(row.message_id, {})[row.axis] = row
+    return latest
+
+
+# --- training and the quality gate ---------------------------------------------------------
+
+
+class NoTrainingData(TriageError):
+    """Nothing says what to train on: no --data and no active model that recorded its files."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """The labelled files a model is trained from, and how to read them."""
+
+    files: tuple[Path, ...]
+    text_columns: tuple[str, ...]
+    label_columns: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": [str(path) for path in self.files],
+            "text_columns": list(self.text_columns),
+            "label_columns": list(self.label_columns),
+        }
+
+    @classmethod
+    def of(cls, classifier: Classifier) -> DataSpec:
+        """The spec recorded in a model's sidecar by `train_candidate`.
+
+        Raises:
+            NoTrainingData: The model did not record one.
+        """
+        value = classifier.metadata.get("training_data")
+        if not isinstance(value, dict) or not value.get("files"):
+            raise NoTrainingData(
+                f"model {classifier.version} does not record its training files; "
+                "name them with --data, --text-column and --label"
+            )
+        return cls(
+            tuple(Path(f) for f in value["files"]),
+            tuple(value["text_columns"]),
+            tuple(value["label_columns"]),
+        )
+
+
+@dataclass
+class Candidate:
+    """A freshly trained model with what it was trained and held out on."""
+
+    classifier: Classifier
+    held_out: LabelledData | None
+    n_corrections: int
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The comparison of a candidate with the active model, per axis."""
+
+    active_version: str
+    compared_on: str
+    candidate: dict[str, dict[str, Any]]
+    active: dict[str, dict[str, Any]]
+    regressions: list[Regression]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+
+def train_candidate(
+    spec: DataSpec,
+    *,
+    db: Database | None = None,
+    from_history: bool = False,
+    holdout: float = 0.2,
+    active: Classifier | None = None,
+    progress: ProgressCallback | None = None,
+) -> Candidate:
+    """Train a model on the spec's files (plus corrections), holding out part of the files.
+
+    Args:
+        spec: The base data.
+        db: The store, for the corrections.
+        from_history: Add every message's latest human labels to the training part; they are
+            never held out, since learning them is the point.
+        holdout: Share of the base rows held out and stored as the model's evaluation set.
+        active: The active model; rows of its evaluation set are kept out of training, so
+            the gate compares both models on rows neither has seen.
+        progress: Progress callback of `train`.
+
+    Returns:
+        The candidate (not saved), its held-out rows and the number of corrections used.
+    """
+    base = concat(
+        [read_labelled(path, spec.text_columns, spec.label_columns) for path in spec.files]
+    )
+    training, held_out = holdout_split(base, holdout)
+    if active is not None and isinstance(active.metadata.get("evaluation_set"), dict):
+        seen_by_gate = set(from_json(active.metadata["evaluation_set"]).texts)
+        keep = [row for row, text in enumerate(training.texts) if text not in seen_by_gate]
+        if len(keep) < len(training):
+            log.info(
+                "kept %d row(s) of the active model's evaluation set out of training",
+                len(training) - len(keep),
+            )
+            training = subset(training, keep)
+    n_corrections = 0
+    if from_history:
+        if db is None:
+            raise ValueError("from_history needs the database")
+        fixes = corrections(db, spec.label_columns)
+        n_corrections = len(fixes)
+        if n_corrections:
+            training = concat([training, fixes])
+    source = ", ".join(path.name for path in spec.files)
+    if n_corrections:
+        source += f" + {n_corrections} correction(s)"
+    metadata: dict[str, Any] = {
+        "training_data": {**spec.to_json(), "holdout": holdout, "corrections": n_corrections},
+    }
+    if held_out is not None:
+        metadata["evaluation_set"] = to_json(held_out)
+    classifier = train(training, progress=progress, source=source, metadata=metadata)
+    if held_out is not None:
+        classifier.metadata["metrics"]["holdout"] = evaluate(classifier, held_out)
+    return Candidate(classifier, held_out, n_corrections)
+
+
+def gate(candidate: Candidate, active: Classifier, tolerance: float = GATE_TOLERANCE) -> GateResult:
+    """Compare the candidate with the active model on the fairest data available.
+
+    In order of preference: the active model's stored evaluation set (both are scored on it);
+    else the candidate's held-out scores against the active model's recorded held-out scores;
+    else both models' cross-validation scores.
+    """
+    model = candidate.classifier
+    stored = active.metadata.get("evaluation_set")
+    if isinstance(stored, dict):
+        data = from_json(stored)
+        axes = [a for a in data.axes if a in model.axes and a in active.axes]
+        if axes and len(data):
+            data = LabelledData(data.texts, {a: data.labels[a] for a in axes})
+            mine, theirs = evaluate(model, data), evaluate(active, data)
+            where = f"the active model's evaluation set ({len(data)} rows neither model trained on)"
+            return GateResult(
+                active.version, where, mine, theirs, regressions(mine, theirs, tolerance)
+            )
+    metrics = model.metadata.get("metrics", {})
+    recorded = active.metadata.get("metrics", {})
+    if "holdout" in metrics and "holdout" in recorded:
+        mine, theirs = metrics["holdout"], recorded["holdout"]
+        where = "each model's own held-out split"
+    else:
+        mine, theirs = metrics.get("cv", {}), recorded.get("cv", {})
+        where = "each model's cross-validation estimate"
+    return GateResult(active.version, where, mine, theirs, regressions(mine, theirs, tolerance))
