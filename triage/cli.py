@@ -36,6 +36,7 @@ from triage import __version__, lifecycle, reports, status
 from triage.config import Config, check_secrets, load_config
 from triage.errors import TriageError
 from triage.forwarding import requeue
+from triage.identities import customer_ids, link
 from triage.pipeline import PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
@@ -857,3 +858,30 @@ def customers_forget(ctx: Context, address: str, yes: bool) -> None:
         f"erased {address}: {gone.identities} identity(ies), {gone.messages} message(s), "
         f"{gone.conversations} conversation(s), {gone.forwards} forward record(s)"
     )
+
+
+@customers_group.command("link")
+@click.argument("address")
+@click.argument("handle")
+@pass_context
+def customers_link(ctx: Context, address: str, handle: str) -> None:
+    """Join two identities of one customer (e.g. an email ADDRESS and an X HANDLE), so history
+    and forwards show their requests on every channel."""
+    config = ctx.config()
+    linked = link(ctx.database(config), address, handle)
+    out.print(reports.identities_table(linked))
+
+
+@customers_group.command("show")
+@click.argument("address")
+@pass_context
+def customers_show(ctx: Context, address: str) -> None:
+    """The identities linked to ADDRESS (an email address or a handle)."""
+    config = ctx.config()
+    db = ctx.database(config)
+    with db.session() as session:
+        ids = customer_ids(session, address)
+    if not ids:
+        err.print(f"no customer {address!r} is known")
+        sys.exit(1)
+    out.print(reports.identities_table(reports.customers(db, ids)))

@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
 from triage.faults import crash_point
+from triage.identities import same_person
 from triage.store.database import Database
-from triage.store.schema import Classification, Forward, Message, utcnow
+from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +447,8 @@ def _summary(
 def _earlier(session: Session, message: Message, limit: int) -> tuple[int, list[str]]:
     if message.customer_id is None:
         return 0, []
-    earlier = (Message.customer_id == message.customer_id) & (
+    person = select(Customer.id).where(same_person(session, message.customer_id))
+    earlier = Message.customer_id.in_(person) & (
         (Message.received_at < message.received_at)
         | ((Message.received_at == message.received_at) & (Message.id < message.id))
     )

@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from sqlalchemy import func, select
 
+from triage import identities
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, ModelVersion
 
@@ -62,12 +63,11 @@ class HistoryRow:
 
 
 def customer_history(db: Database, address: str, limit: int) -> list[HistoryRow]:
-    """A customer's requests (any channel identity with this address), newest first."""
+    """A customer's requests on every linked identity, newest first."""
     with db.session() as session:
         messages = session.scalars(
             select(Message)
-            .join(Customer, Message.customer_id == Customer.id)
-            .where(func.lower(Customer.address) == address.strip().lower())
+            .where(Message.customer_id.in_(identities.customer_ids(session, address)))
             .order_by(Message.received_at.desc(), Message.id.desc())
             .limit(limit)
         ).all()
@@ -197,3 +197,19 @@ def quarantined(db: Database, message_id: int) -> Message | None:
     with db.session() as session:
         message = session.get(Message, message_id)
         return message if message is not None and message.status == "quarantined" else None
+
+
+def customers(db: Database, ids: Sequence[int]) -> list[Customer]:
+    with db.session() as session:
+        return list(
+            session.scalars(select(Customer).where(Customer.id.in_(ids)).order_by(Customer.id))
+        )
+
+
+def identities_table(rows: Sequence[Customer]) -> Table:
+    table = Table(title="Identities of one customer")
+    for column in ("id", "channel", "address or handle", "name", "first seen"):
+        table.add_column(column)
+    for c in rows:
+        table.add_row(str(c.id), c.channel, c.address, c.display_name, f"{c.created_at:%Y-%m-%d}")
+    return table

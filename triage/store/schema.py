@@ -80,6 +80,9 @@ class Customer(Base):
     address: Mapped[str] = mapped_column(String(320))
     display_name: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Identities linked by `triage customers link` share one person id (the smallest customer
+    # id of the group); None for an identity linked to nothing.
+    person_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class Conversation(Base):
