@@ -100,12 +100,12 @@ def timing(predict: Callable[[list[str]], Any], texts: Sequence[str]) -> dict[st
 def product(
     train_data: LabelledData,
     test_data: LabelledData,
-    metadata: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
     val: LabelledData | None = None,
 ) -> dict[str, Any]:
-    """Train and score through the product's code; `metadata` selects the mode."""
+    """Train and score through the product's code; `options` (train's keywords) set the mode."""
     started = time.perf_counter()
-    classifier: Classifier = train(train_data, metadata=metadata, validation=val)
+    classifier: Classifier = train(train_data, validation=val, **(options or {}))
     seconds = time.perf_counter() - started
     scores = evaluate(classifier, test_data)[AXIS]
     result: dict[str, Any] = {
@@ -161,9 +161,12 @@ def baseline(train_data: LabelledData, test_data: LabelledData) -> dict[str, Any
 
 
 def embeddings(
-    train_data: LabelledData, test_data: LabelledData, model_dir: str | None
+    train_data: LabelledData,
+    test_data: LabelledData,
+    model_dir: str | None,
+    val: LabelledData | None = None,
 ) -> dict[str, Any] | None:
-    """The embedding mode, or a reason it was not run."""
+    """The embedding mode (weight 2, as measured in the issue), or a reason it was not run."""
     try:
         from classifiers import embeddings as mode
     except ImportError as exc:
@@ -171,9 +174,10 @@ def embeddings(
     problem = mode.unavailable(model_dir)
     if problem:
         return {"skipped": problem}
-    return product(
-        train_data, test_data, metadata={"mode": "embeddings", "embedding_model": model_dir}
-    )
+    options = {"mode": "embeddings", "embedding_model": model_dir}
+    result = product(train_data, test_data, options=options, val=val)
+    result["embedding_model"] = model_dir
+    return result
 
 
 def run(
@@ -190,7 +194,7 @@ def run(
         entry: dict[str, Any] = {"n_train": len(train_data), "n_test": len(test_data)}
         entry.update(product(train_data, test_data, val=val if threshold_from == "val" else None))
         entry["embeddings"] = (
-            embeddings(train_data, test_data, model_dir)
+            embeddings(train_data, test_data, model_dir, val if threshold_from == "val" else None)
             if with_embeddings
             else {"skipped": "--no-embeddings"}
         )

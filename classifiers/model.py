@@ -30,6 +30,7 @@ import sklearn
 from scipy.special import expit
 from sklearn.exceptions import InconsistentVersionWarning
 
+from classifiers import embeddings
 from classifiers.base import ModelError, Prediction
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,15 @@ class Classifier:
 
         Raises:
             ModelError: If the folder, sidecar or artifact is missing or unreadable, the
-                sha256 differs, or scikit-learn versions differ.
+                sha256 differs, or scikit-learn versions differ; or, in the embeddings mode,
+                the embedding model directory is missing or its files changed.
         """
         path = Path(path)
         if not path.is_dir():
             raise ModelError(f"There is no model folder at {path}; {RETRAIN} or pick another.")
         sidecar = _read_sidecar(path / SIDECAR)
         _check_sklearn_version(path, sidecar)
+        embeddings.check_sidecar(path, sidecar, RETRAIN)
         artifact = path / ARTIFACT
         try:
             digest = _sha256(artifact)

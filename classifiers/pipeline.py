@@ -159,11 +159,18 @@ class _CharWbVectorizer(TfidfVectorizer):
         return counts
 
 
-def build_features() -> FeatureUnion:
+def build_features(embedder: Any = None, embedding_weight: float = 1.0) -> FeatureUnion:
     """Return the unfitted text transform shared by all axes.
 
+    Args:
+        embedder: In the embeddings mode, a `classifiers.embeddings.SentenceEmbedder`, added
+            as step "embedding"; its vectors are L2-normalised, so `embedding_weight` alone
+            sets their scale against the TF-IDF blocks (each of norm 1 before weighting).
+        embedding_weight: Multiplier of the embedding block.
+
     Returns:
-        A FeatureUnion of word 1-2 gram TF-IDF and char_wb 2-5 gram TF (steps "word", "char").
+        A FeatureUnion of word 1-2 gram TF-IDF and char_wb 2-5 gram TF (steps "word", "char"),
+        plus the embedding block when one is given.
     """
     # The preprocessors lowercase: scikit-learn ignores `lowercase` once one is given.
     word = TfidfVectorizer(
@@ -184,10 +191,12 @@ def build_features() -> FeatureUnion:
         use_idf=False,
         strip_accents=None,
     )
-    return FeatureUnion(
-        [("word", word), ("char", char)],
-        transformer_weights={"word": WORD_WEIGHT, "char": 1.0},
-    )
+    steps: list[tuple[str, Any]] = [("word", word), ("char", char)]
+    weights = {"word": WORD_WEIGHT, "char": 1.0}
+    if embedder is not None:
+        steps.append(("embedding", embedder))
+        weights["embedding"] = embedding_weight
+    return FeatureUnion(steps, transformer_weights=weights)
 
 
 def build_axis_classifier(

@@ -17,11 +17,13 @@ never on test data; see `classifiers.calibration`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,12 +33,14 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from classifiers import calibration, pipeline
+from classifiers import calibration, embeddings, pipeline
 from classifiers.base import DatasetError, TrainingError
 from classifiers.datasets import LabelledData, subset
 from classifiers.model import Classifier, library_versions
 
 log = logging.getLogger(__name__)
+
+MODES = ("tfidf", "embeddings")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as (description, steps done, steps in total): once at the start with 0 done, then
@@ -61,6 +65,8 @@ _RESERVED_KEYS = frozenset(
         "training",
         "abstain",
         "abstain_threshold",
+        "mode",
+        "embeddings",
     }
 )
 
@@ -88,6 +94,9 @@ def train(
     n_jobs: int | None = None,
     validation: LabelledData | None = None,
     abstain_budget: float = calibration.ABSTAIN_BUDGET,
+    mode: str = "tfidf",
+    embedding_model: str | os.PathLike[str] | None = None,
+    embedding_weight: float = embeddings.DEFAULT_WEIGHT,
 ) -> Classifier:
     """Fit a Classifier on every axis of `data` and estimate its quality by cross-validation.
 
@@ -105,6 +114,10 @@ def train(
             threshold on, instead of the out-of-fold predictions of the training rows.
         abstain_budget: In-scope accuracy the abstain threshold may cost (see
             `calibration.choose_abstain_threshold`).
+        mode: "tfidf" (pure scikit-learn) or "embeddings" (TF-IDF plus sentence embeddings
+            from `embedding_model`, a local sentence-transformers directory; needs the
+            `embeddings` extra). The sidecar records the mode and the directory's fingerprint.
+        embedding_weight: Multiplier of the L2-normalised embedding block.
 
     Returns:
         The fitted Classifier; its metadata["metrics"]["cv"][axis] holds accuracy, macro_f1,
@@ -115,14 +128,21 @@ def train(
 
     Raises:
         TrainingError: If there are no rows or axes, or an axis has no labelled rows, one
-            class only, or a class with fewer than 2 examples.
+            class only, or a class with fewer than 2 examples; or the embeddings mode cannot
+            run (no extra, no model directory).
     """
+    embedder = _embedder(mode, embedding_model)
+    if embedder is not None:
+        # Encode every text once, here with all cores, instead of once per CV fold.
+        embedder.remember([*data.texts, *(validation.texts if validation else [])])
+    features = pipeline.build_features(embedder, embedding_weight)
     # Multithreaded BLAS makes sigmoid calibration (77 tiny fits on banking77) 30x slower
     # here: thread start-up swamps 10,000-element dot products. Worker processes of the
     # pool below are already limited to one thread each by joblib.
     with threadpool_limits(limits=1, user_api="blas"):
         return _train(
             data,
+            features,
             progress,
             cv_folds,
             random_state,
@@ -136,6 +156,7 @@ def train(
 
 def _train(
     data: LabelledData,
+    features: Any,
     progress: ProgressCallback | None,
     cv_folds: int,
     random_state: int,
@@ -156,7 +177,6 @@ def _train(
     report = _reporter(progress, f"training {', '.join(a.name for a in axes)}", steps)
     report("validated data", 0)
 
-    features = pipeline.build_features()
     try:
         matrix = features.fit_transform(data.texts)
     except ValueError as exc:  # scikit-learn's "empty vocabulary"
@@ -181,6 +201,7 @@ def _train(
                     axis.labels[train_rows],
                     texts[axis.rows[test_rows]],
                     random_state,
+                    *_embedding_step(features),
                 )
             )
     estimators, fold_predictions = _run(jobs, _n_jobs(n_jobs, axes), report)
@@ -244,8 +265,10 @@ def _train(
             "class_weight": pipeline.CLASS_WEIGHT,
             "word_weight": pipeline.WORD_WEIGHT,
         },
+        **_mode_entries(features),
         **extra,
     }
+    _forget(features)
     # Keep the axis order of the data, whatever order the jobs finished in.
     classifier = Classifier(features, {axis.name: estimators[axis.name] for axis in axes}, sidecar)
     for name, scores in metrics.items():
@@ -444,6 +467,8 @@ def _cross_validate_fold(
     train_labels: np.ndarray,
     test_texts: np.ndarray,
     random_state: int,
+    embedder: embeddings.SentenceEmbedder | None,
+    embedding_weight: float,
 ) -> tuple[str, str, int, tuple[np.ndarray, np.ndarray]]:
     """Fit features and classifier on one fold's training rows; predict its held-out rows.
 
@@ -453,13 +478,53 @@ def _cross_validate_fold(
     smallest = min(Counter(train_labels).values())
     model = Pipeline(
         [
-            ("features", pipeline.build_features()),
+            ("features", pipeline.build_features(embedder, embedding_weight)),
             ("clf", pipeline.build_axis_classifier(smallest, random_state)),
         ]
     )
     model.fit(list(train_texts), train_labels)
     classes = np.asarray([str(c) for c in model.classes_], dtype=object)
     return "fold", name, number, (classes, model.predict_proba(list(test_texts)))
+
+
+def _embedder(
+    mode: str, model_dir: str | os.PathLike[str] | None
+) -> embeddings.SentenceEmbedder | None:
+    """The embedding step of `mode`, None for "tfidf"; refuses a mode that cannot run."""
+    if mode not in MODES:
+        raise TrainingError(f"Unknown classifier mode {mode!r}; use one of {', '.join(MODES)}.")
+    if mode == "tfidf":
+        return None
+    problem = embeddings.unavailable(model_dir)
+    if problem:
+        raise TrainingError(f"The embeddings mode cannot run: {problem}.")
+    return embeddings.SentenceEmbedder(str(Path(str(model_dir)).resolve()))
+
+
+def _embedding_step(features: Any) -> tuple[embeddings.SentenceEmbedder | None, float]:
+    """(embedder, weight) of a feature union; (None, 1.0) in the TF-IDF mode.
+
+    CV folds share the embedder rather than a clone: it learns nothing when fitted, and
+    cloning would drop the vectors remembered for the training texts.
+    """
+    step = dict(features.transformer_list).get("embedding")
+    return step, float((features.transformer_weights or {}).get("embedding", 1.0))
+
+
+def _mode_entries(features: Any) -> dict[str, Any]:
+    """Sidecar entries of the feature mode: the embedding directory and its fingerprint."""
+    step, weight = _embedding_step(features)
+    if step is None:
+        return {"mode": "tfidf"}
+    entry = embeddings.sidecar_entry(Path(step.model_dir), weight)
+    return {"mode": "embeddings", "embeddings": entry}
+
+
+def _forget(features: Any) -> None:
+    """Drop the vectors remembered for training, so the artifact stores no texts."""
+    step, _ = _embedding_step(features)
+    if step is not None:
+        step.forget()
 
 
 def _run(

@@ -32,7 +32,7 @@ from classifiers.base import ClassifierError
 from classifiers.datasets import read_labelled
 from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
-from triage import __version__, lifecycle, reports, status
+from triage import __version__, curation, lifecycle, reports, status
 from triage.config import Config, check_secrets, load_config
 from triage.errors import TriageError
 from triage.forwarding import requeue
@@ -167,8 +167,8 @@ def db_upgrade(ctx: Context) -> None:
 @click.option(
     "--worker-id",
     metavar="NAME",
-    help="Name this worker in its log lines (several workers of a systemd template share "
-    "one journal).",
+    help="This worker's name: in its log lines, and as the owner of the sources it polls "
+    "(unique among the workers sharing a database; default hostname:pid).",
 )
 @pass_context
 def run(ctx: Context, once: bool, quiet: bool, worker_id: str | None) -> None:
@@ -183,7 +183,7 @@ def run(ctx: Context, once: bool, quiet: bool, worker_id: str | None) -> None:
     if worker_id:
         _name_worker(worker_id)
     check_secrets(config)
-    worker = Worker(config, ctx.database(config), config_path=ctx.config_path)
+    worker = Worker(config, ctx.database(config), config_path=ctx.config_path, worker_id=worker_id)
     if not once:
         worker.serve()
         return
@@ -459,7 +459,7 @@ def train(
     with _progress() as progress:
         candidate = lifecycle.train_candidate(
             spec, db=db, from_history=from_history, holdout=holdout, active=active,
-            progress=progress,
+            progress=progress, options=config.classifier.train_options(),
         )  # fmt: skip
     classifier = candidate.classifier
     path = classifier.save(out_dir or config.classifier.models_dir)
@@ -544,6 +544,12 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 @click.option("--text-column", "text_columns", multiple=True, required=True)
 @click.option("--label", "label_columns", multiple=True, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also write an HTML report with charts (index.html and PNGs) into this folder.",
+)
 @pass_context
 def evaluate(
     ctx: Context,
@@ -552,6 +558,7 @@ def evaluate(
     text_columns: tuple[str, ...],
     label_columns: tuple[str, ...],
     as_json: bool,
+    report_dir: Path | None,
 ) -> None:
     """Measure a model on a labelled file: accuracy and macro-F1 per axis."""
     if model_dir is not None:
@@ -562,6 +569,12 @@ def evaluate(
         classifier = ModelRegistry(ctx.database(config), config.classifier.models_dir).load_active()
     data = read_labelled(data_path, text_columns, label_columns)
     results = evaluate_model(classifier, data)
+    if report_dir is not None:
+        # Imported here: matplotlib is slow to import and only this option needs it.
+        from classifiers.report import write_report
+
+        index = write_report(classifier, data, report_dir, title=data_path.name)
+        err.print(f"report written to {index}")
     if as_json:
         click.echo(json.dumps({"model": classifier.version, "axes": results}, ensure_ascii=False))
         return
@@ -619,21 +632,36 @@ def models_rollback(ctx: Context) -> None:
 
 
 @cli.command("label")
-@click.argument("message_id", type=int)
+@click.argument("message_id", type=int, required=False)
 @click.option("--kind", help="The right kind (complaint, feedback, question, spam, ...).")
 @click.option("--area", help="The right product area.")
 @click.option("--urgency", help="The right urgency.")
 @click.option("--by", "who", help="Who labels (default: $USER).")
+@click.option(
+    "--import",
+    "import_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Record the labels of a curated CSV/JSONL file (see `triage export --labelled`).",
+)
 @pass_context
 def label(
     ctx: Context,
-    message_id: int,
+    message_id: int | None,
     kind: str | None,
     area: str | None,
     urgency: str | None,
     who: str | None,
+    import_path: Path | None,
 ) -> None:
-    """Record a human label of MESSAGE_ID; `triage train --from-history` learns from it."""
+    """Record a human label of MESSAGE_ID (or of every row of --import FILE); `triage train
+    --from-history` learns from it."""
+    if import_path is not None:
+        if message_id is not None or kind or area or urgency:
+            raise click.UsageError("--import takes no MESSAGE_ID, --kind, --area or --urgency")
+        _import_labels(ctx, import_path, who or lifecycle.current_user())
+        return
+    if message_id is None:
+        raise click.UsageError("give MESSAGE_ID (or --import FILE)")
     labels = {
         axis: value.strip()
         for axis, value in (("kind", kind), ("area", area), ("urgency", urgency))
@@ -663,6 +691,33 @@ def label(
             else "no model guess stored"
         )
         out.print(f"message {message_id}: {item.axis} = {item.label} ({guess})", highlight=False)
+
+
+def _import_labels(ctx: Context, path: Path, who: str) -> None:
+    config = ctx.config()
+    result = curation.import_labels(ctx.database(config), path, who)
+    out.print(
+        f"{path}: {result.rows} row(s); recorded {result.labels} label(s) on "
+        f"{result.messages} message(s) by {who}; {result.unchanged} value(s) unchanged",
+        highlight=False,
+    )
+
+
+@cli.command("export")
+@click.option(
+    "--labelled",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV or JSONL file (by extension): every classified message, its current labels.",
+)
+@pass_context
+def export(ctx: Context, path: Path) -> None:
+    """Write messages with their labels (human if any, else the model's) for curation."""
+    curation.file_format(path)
+    config = ctx.config()
+    count = curation.export_labelled(ctx.database(config), path)
+    out.print(f"{count} message(s) written to {path}", highlight=False)
 
 
 @cli.command("review")

@@ -170,6 +170,44 @@ class Routing(_Section):
     rules: tuple[Rule, ...] = ()
 
 
+DEFAULT_MARKERS: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {
+        "urgent": ("urgent", "urgently", "asap", "immediately", "emergency"),
+        "outage": ("down", "outage", "not working at all", "does not work at all"),
+        "legal": ("lawyer*", "attorney*", "court", "sue", "lawsuit", "legal action",
+                  "consumer protection"),
+    },
+    "uk": {
+        "urgent": ("терміново", "негайно", "невідкладно"),
+        "outage": ("не працює взагалі", "взагалі не працює", "нічого не працює"),
+        "legal": ("суд", "суду", "судом", "суді", "адвокат*", "юрист*", "позов*",
+                  "споживач*"),
+    },
+}  # fmt: skip
+"""Built-in urgency markers per language and category; ``*`` at the end matches any ending."""
+
+
+class Urgency(_Section):
+    """Signals that make a message urgent besides the model's guess (``triage.urgency``)."""
+
+    # language -> category -> words; a category given here replaces that built-in list
+    markers: dict[str, dict[str, tuple[str, ...]]] = Field(
+        default_factory=lambda: {lang: dict(c) for lang, c in DEFAULT_MARKERS.items()}
+    )
+    vip: tuple[str, ...] = ()
+    repeat_contacts: int = Field(default=3, ge=2)
+    repeat_window_days: float = Field(default=7, gt=0)
+    escalate_channels: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _extend_defaults(self) -> Urgency:
+        merged = {lang: dict(c) for lang, c in DEFAULT_MARKERS.items()}
+        for lang, categories in self.markers.items():
+            merged.setdefault(lang, {}).update(categories)
+        object.__setattr__(self, "markers", merged)
+        return self
+
+
 class Smtp(_TlsEndpoint):
     port: int = Field(default=587, gt=0, lt=65536)
     tls: TlsMode = "starttls"
@@ -188,11 +226,30 @@ class Forwarding(_Section):
 class Classifier(_Section):
     models_dir: Path = Path("models")
     batch_size: int = Field(default=256, ge=1)
+    # "embeddings" adds sentence embeddings from a local model directory (the embeddings extra).
+    mode: Literal["tfidf", "embeddings"] = "tfidf"
+    embedding_model: Path | None = None
+    embedding_weight: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_embedding_model(self) -> Classifier:
+        if self.mode == "embeddings" and self.embedding_model is None:
+            raise ValueError('mode "embeddings" needs embedding_model (a model directory)')
+        return self
+
+    def train_options(self) -> dict[str, object]:
+        """Keywords of `classifiers.training.train` that select the feature mode."""
+        return {
+            "mode": self.mode,
+            "embedding_model": self.embedding_model,
+            "embedding_weight": self.embedding_weight,
+        }
 
 
 class Schedule(_Section):
     poll_interval: float = Field(default=60.0, gt=0)
     outbox_interval: float = Field(default=15.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
 
 
 class Alerts(_Section):
@@ -228,6 +285,12 @@ class Web(_Section):
         return host.strip("[]"), int(port)
 
 
+class Corrections(_Section):
+    """Departments correct the model by replying to forwards; ``source`` receives the replies."""
+
+    source: str
+
+
 class Config(_Section):
     """The validated configuration; relative paths are resolved against the file's folder."""
 
@@ -235,6 +298,7 @@ class Config(_Section):
     sources: tuple[Source, ...] = ()
     departments: tuple[Department, ...] = ()
     routing: Routing = Routing()
+    urgency: Urgency = Urgency()
     forwarding: Forwarding = Forwarding()
     smtp: Smtp | None = None
     classifier: Classifier = Classifier()
@@ -243,6 +307,7 @@ class Config(_Section):
     retention: Retention = Retention()
     logging: Logging = Logging()
     web: Web = Web()
+    corrections: Corrections | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -260,6 +325,8 @@ class Config(_Section):
                     f"routing.rules[{i}].department names {rule.department!r}, "
                     "which is not a department"
                 )
+        if self.corrections is not None:
+            _check_corrections_source(self.corrections.source, self.sources)
         if self.forwarding.transport == "smtp" and self.smtp is None:
             raise ValueError("forwarding.transport is 'smtp' but there is no [smtp] section")
         return self
@@ -271,6 +338,15 @@ class Config(_Section):
                 return source
         known = ", ".join(s.name for s in self.sources) or "none"
         raise ConfigError(f"no source named {name!r} (configured: {known})")
+
+
+def _check_corrections_source(name: str, sources: tuple[AnySource, ...]) -> None:
+    for source in sources:
+        if source.name == name:
+            if source.type not in ("imap", "maildir"):
+                raise ValueError(f"corrections.source {name!r} is not an imap or maildir source")
+            return
+    raise ValueError(f"corrections.source names {name!r}, which is not a source")
 
 
 def _unique(names: list[str], section: str, key: str) -> None:

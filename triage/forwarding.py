@@ -40,6 +40,7 @@ from triage.faults import crash_point
 from triage.identities import same_person
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
+from triage.urgency import URGENT_BECAUSE
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +433,7 @@ def _summary(
             f"{axis.capitalize() + ':':<10} {row.label} ({row.confidence:.0%} confidence)"
             for axis, row in labels.items()
         ),
-        f"Routing:   {forward.reason}",
+        *_routing_lines(forward.reason),
         f"Earlier requests from this customer: {earlier[0]}",
         *(f"  - {line}" for line in earlier[1]),
     ]
@@ -442,6 +443,13 @@ def _summary(
         lines.append("Decoding notes: " + "; ".join(message.warnings))
     body = message.body.strip() or "(no text)"
     return "\n".join([*lines, "", "-" * 60, f"Subject: {message.subject}", "", body, ""])
+
+
+def _routing_lines(reason: str) -> list[str]:
+    """The routing decision, and the reasons for its urgency on a line of their own."""
+    routing, _, because = reason.partition(f". {URGENT_BECAUSE}")
+    lines = [f"Routing:   {routing}"]
+    return [*lines, f"{URGENT_BECAUSE}{because}"] if because else lines
 
 
 def _earlier(session: Session, message: Message, limit: int) -> tuple[int, list[str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from classifiers.datasets import LabelledData, concat, from_json, read_labelled, subset, to_json
 from classifiers.model import Classifier
@@ -76,41 +77,50 @@ def record_labels(
     Raises:
         UnknownMessage: No such message, or it was quarantined or purged (no text).
     """
+    with db.transaction() as session:
+        recorded = add_labels(session, message_id, labels, by)
+    log.info("message %d labelled by %s: %s", message_id, by, dict(labels))
+    return recorded
+
+
+def add_labels(
+    session: Session, message_id: int, labels: Mapping[str, str], by: str
+) -> list[Recorded]:
+    """`record_labels` in the caller's transaction (bulk imports, corrections by reply).
+
+    Raises:
+        UnknownMessage: No such message, or it was quarantined or purged (no text).
+    """
     if not labels:
         raise ValueError("no label given")
-    with db.transaction() as session:
-        message = session.get(Message, message_id)
-        if message is None:
-            raise UnknownMessage(f"there is no message {message_id}; see `triage review`")
-        if message.status == "quarantined" or message.purged_at is not None:
-            raise UnknownMessage(
-                f"message {message_id} is {'quarantined' if message.status == 'quarantined' else 'purged'}"
-                "; it has no text to learn from"
+    message = session.get(Message, message_id)
+    if message is None:
+        raise UnknownMessage(f"there is no message {message_id}; see `triage review`")
+    if message.status == "quarantined" or message.purged_at is not None:
+        raise UnknownMessage(
+            f"message {message_id} is {'quarantined' if message.status == 'quarantined' else 'purged'}"
+            "; it has no text to learn from"
+        )
+    guesses = latest_guesses(session, [message_id]).get(message_id, {})
+    recorded = []
+    for axis, label in labels.items():
+        guess = guesses.get(axis)
+        session.add(
+            Label(
+                message_id=message_id,
+                axis=axis,
+                label=label,
+                labelled_by=by,
+                model_label=guess.label if guess else None,
+                model_confidence=guess.confidence if guess else None,
+                model_version=guess.model_version if guess else None,
             )
-        guesses = _latest_guesses(session, [message_id]).get(message_id, {})
-        recorded = []
-        for axis, label in labels.items():
-            guess = guesses.get(axis)
-            session.add(
-                Label(
-                    message_id=message_id,
-                    axis=axis,
-                    label=label,
-                    labelled_by=by,
-                    model_label=guess.label if guess else None,
-                    model_confidence=guess.confidence if guess else None,
-                    model_version=guess.model_version if guess else None,
-                )
+        )
+        recorded.append(
+            Recorded(
+                axis, label, guess.label if guess else None, guess.confidence if guess else None
             )
-            recorded.append(
-                Recorded(
-                    axis,
-                    label,
-                    guess.label if guess else None,
-                    guess.confidence if guess else None,
-                )
-            )
-    log.info("message %d labelled by %s: %s", message_id, by, dict(labels))
+        )
     return recorded
 
 
@@ -175,7 +185,7 @@ def review_queue(
             .order_by(Message.received_at.desc(), Message.id.desc())
         ).all()
         ids = [message.id for message, _ in rows]
-        guesses = _latest_guesses(session, ids)
+        guesses = latest_guesses(session, ids)
     labels = current_labels(db, ids)
     items = []
     for message, address in rows:
@@ -200,14 +210,14 @@ def review_queue(
     return items
 
 
-def _latest_guesses(
-    session: object, message_ids: Sequence[int]
+def latest_guesses(
+    session: Session, message_ids: Sequence[int]
 ) -> dict[int, dict[str, Classification]]:
     """Message id to axis to the newest classification the model stored for it."""
     if not message_ids:
         return {}
     latest: dict[int, dict[str, Classification]] = {}
-    for row in session.scalars(  # type: ignore[attr-defined]
+    for row in session.scalars(
         select(Classification)
         .where(Classification.message_id.in_(list(message_ids)))
         .order_by(Classification.id)
@@ -292,6 +302,7 @@ def train_candidate(
     holdout: float = 0.2,
     active: Classifier | None = None,
     progress: ProgressCallback | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Candidate:
     """Train a model on the spec's files (plus corrections), holding out part of the files.
 
@@ -304,6 +315,8 @@ def train_candidate(
         active: The active model; rows of its evaluation set are kept out of training, so
             the gate compares both models on rows neither has seen.
         progress: Progress callback of `train`.
+        options: More keywords of `train`, e.g. the feature mode from config
+            (`Classifier.train_options()`).
 
     Returns:
         The candidate (not saved), its held-out rows and the number of corrections used.
@@ -337,7 +350,9 @@ def train_candidate(
     }
     if held_out is not None:
         metadata["evaluation_set"] = to_json(held_out)
-    classifier = train(training, progress=progress, source=source, metadata=metadata)
+    classifier = train(
+        training, progress=progress, source=source, metadata=metadata, **(options or {})
+    )
     if held_out is not None:
         classifier.metadata["metrics"]["holdout"] = evaluate(classifier, held_out)
     return Candidate(classifier, held_out, n_corrections)

@@ -8,10 +8,11 @@ or classified is quarantined with its error and raw bytes; the rest of the batch
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from itertools import islice
@@ -30,13 +31,15 @@ from connectors.base import (
     ConnectorRateLimited,
     RawItem,
 )
+from triage import urgency
 from triage.config import Config
 from triage.faults import crash_point
 from triage.normalize import ParsedEmail, parse_email
 from triage.posts import parse_post
 from triage.registry import ActiveClassifier
-from triage.routing import Route, Router
+from triage.routing import AREA, URGENCY, Route, Router
 from triage.store import history
+from triage.store.contacts import Identity, recent_areas
 from triage.store.database import Database
 from triage.store.schema import (
     Message,
@@ -105,6 +108,12 @@ class Pipeline:
         self.router = router
         self.classifier = classifier
         self.clock: Callable[[], datetime] = utcnow  # tests move time past a rate-limit pause
+        # Called first in each batch's transaction: the worker's lease renewal, which raises
+        # (rolling the batch back) when another worker took the source over; triage/store/leases.py.
+        self.fence: Callable[[Session, str], None] | None = None
+        # Sources whose items are not customer mail: source name -> the stage that records a
+        # batch in the caller's transaction instead of `_record` (triage/corrections.py).
+        self.stages: dict[str, Callable[[Session, str, list[RawItem]], list[Outcome]]] = {}
 
     def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
         """Read everything new from ``connector`` and record it; never raises for source errors.
@@ -156,7 +165,13 @@ class Pipeline:
     ) -> list[Outcome]:
         crash_point("fetched")
         with self.db.transaction() as session:
-            outcomes = self._record(session, source, [item for item, _ in batch], model)
+            if self.fence is not None:
+                self.fence(session, source)
+            items = [item for item, _ in batch]
+            if stage := self.stages.get(source):
+                outcomes = stage(session, source, items)
+            else:
+                outcomes = self._record(session, source, items, model)
             _save_checkpoint(session, source, batch[-1][1])
         crash_point("committed")
         return outcomes
@@ -172,11 +187,12 @@ class Pipeline:
         self._classify([e for e in fresh if e.email is not None], model)
         crash_point("classified")
         good = []
+        contacts = self._recent_contacts(session, fresh)
         for entry in fresh:
             if entry.email is None or entry.error:
                 outcomes.append(_quarantine(session, entry, entry.error or "not parsed"))
             else:
-                entry.route = self._route(entry)
+                entry.route = self._route(entry, contacts)
                 good.append(entry)
         outcomes.extend(self._store(session, good, model))
         return outcomes
@@ -272,13 +288,58 @@ class Pipeline:
             else:
                 counts[customer] = counts.get(customer, 0) + 1
 
-    def _route(self, entry: _Parsed) -> Route:
+    def _route(self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]) -> Route:
         if entry.item.truncated:
             return self.router.review(
                 f"message of {entry.item.size} bytes is over the size limit; headers kept"
             )
         assert entry.email is not None
-        return self.router.route(entry.predictions, entry.email.auto_reason)
+        predictions, reasons = self._urgency(entry, contacts)
+        route = self.router.route(predictions, entry.email.auto_reason)
+        if route.urgent and reasons:
+            because = urgency.URGENT_BECAUSE + "; ".join(reasons)
+            route = replace(route, reason=f"{route.reason}. {because}")
+        return route
+
+    def _recent_contacts(
+        self, session: Session, entries: list[_Parsed]
+    ) -> dict[Identity, list[tuple[str, datetime]]]:
+        """The batch's senders' recent (area, received at) contacts: one query per batch."""
+        senders = {_identity(e) for e in entries if e.email and e.email.sender_address}
+        times = [e.item.received_at for e in entries]
+        if not senders or not times:
+            return {}
+        window = timedelta(days=self.config.urgency.repeat_window_days)
+        return recent_areas(session, senders, min(times) - window)
+
+    def _urgency(
+        self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]
+    ) -> tuple[dict[str, Prediction] | None, tuple[str, ...]]:
+        """The predictions with the urgency the signals decide, and its reasons."""
+        if entry.predictions is None or entry.email is None:
+            return entry.predictions, ()
+        settings = self.config.urgency
+        area = entry.predictions.get(AREA)
+        area_label = area.label if area is not None else None
+        seen = contacts.setdefault(_identity(entry), [])
+        window = timedelta(days=settings.repeat_window_days)
+        recent = urgency.count_recent(seen, area_label, entry.item.received_at, window)
+        if area_label is not None:
+            seen.append((area_label, entry.item.received_at))  # later messages of the batch
+        verdict = urgency.assess(
+            entry.predictions.get(URGENCY),
+            _classification_text(entry),
+            _urgency_channel(entry),
+            entry.email.sender_address,
+            recent,
+            settings,
+            self.config.routing.urgent_labels,
+            area_label,
+        )
+        if not verdict.escalated or verdict.label is None:
+            return entry.predictions, verdict.reasons
+        raised = Prediction(verdict.label, 1.0)
+        return {**entry.predictions, URGENCY: raised}, verdict.reasons
 
     def _forward_row(self, message_id: int, route: Route) -> dict[str, Any]:
         domain = self.config.forwarding.from_address.rpartition("@")[2]
@@ -409,6 +470,18 @@ def _classify_one(entry: _Parsed, model: Classifier) -> None:
     except Exception as exc:  # a poison message must not block the batch
         log.warning("%s cannot be classified, quarantined: %s", entry.item.source_id, exc)
         entry.error = f"classification failed: {type(exc).__name__}: {exc}"
+
+
+def _urgency_channel(entry: _Parsed) -> str:
+    """The channel, with the kind of a post ("x:mention", "telegram:dm") for escalate_channels."""
+    assert entry.email is not None
+    if entry.item.format != "post":
+        return entry.email.channel
+    try:
+        kind = json.loads(entry.item.raw).get("kind")
+    except (ValueError, AttributeError):
+        kind = None
+    return f"{entry.email.channel}:{kind}" if kind else entry.email.channel
 
 
 def _quarantine(session: Session, entry: _Parsed, error: str) -> Outcome:

@@ -35,6 +35,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from triage import metrics, notify, web
 from triage.alerts import Alerter
 from triage.config import AnySource, Config, check_secrets, load_config
+from triage.corrections import Corrections
 from triage.errors import ConfigError
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
@@ -43,6 +44,7 @@ from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
 from triage.sources import make_connector, make_watcher
 from triage.store.database import Database
+from triage.store.leases import LeaseLost, Leases
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,16 @@ class Worker:
     """Everything one process needs: the database, the model, the pipeline and the forwarder."""
 
     def __init__(
-        self, config: Config, db: Database | None = None, config_path: Path | None = None
+        self,
+        config: Config,
+        db: Database | None = None,
+        config_path: Path | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.db = db or Database(config.database.url)
         self.config_path = config_path  # re-read at SIGHUP
+        # A source is polled by one worker at a time; the worker id is the lease owner.
+        self.leases = Leases(self.db, worker_id, config.schedule.lease_seconds)
         self._configure(config)
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
@@ -88,14 +96,38 @@ class Worker:
         self.registry = classifier.registry
         self.alerter = alerter
         self.pipeline = Pipeline(self.db, config, Router(config), classifier)
+        self.pipeline.fence = self.leases.fence
+        self.leases.ttl = config.schedule.lease_seconds
         self.forwarder = Forwarder(self.db, config, make_transport(config))
+        # Replies of departments: their mailbox is handled by the corrections stage.
+        self.corrections = (
+            Corrections(config, make_transport(config)) if config.corrections else None
+        )
+        if self.corrections is not None:
+            self.pipeline.stages[self.corrections.source] = self.corrections.record
         self.config = config
 
     def poll(self, name: str) -> PollResult:
-        """One poll of the source called ``name``, now, whatever its backoff."""
+        """One poll of the source called ``name``, now, whatever its backoff.
+
+        Skipped (an empty result) while another worker holds the source's lease.
+        """
+        if not self.leases.claim(name):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: polled by %s now, skipped", name, self.leases.holder(name))
+            return PollResult(name)
         source = self.config.source(name)
         began = time.monotonic()
-        result = self.pipeline.poll(name, make_connector(self.config, name), source.batch_size)
+        try:
+            connector = make_connector(self.config, name)
+            result = self.pipeline.poll(name, connector, source.batch_size)
+        except LeaseLost as exc:
+            log.warning("%s; the batch in hand was rolled back", exc)
+            return PollResult(name)
+        finally:
+            self.leases.release(name)
+        if self.corrections is not None and name == self.corrections.source:
+            self.corrections.acknowledge()  # after the commit, so a rolled-back batch owes none
         metrics.observe_poll(result, time.monotonic() - began)
         self.alerter.after_poll(result)
         return result

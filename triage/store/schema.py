@@ -195,6 +195,9 @@ class SourceState(Base):
     error_streak: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     paused_until: Mapped[datetime | None]  # a rate limit: no poll before this instant
+    # The worker polling the source now, and until when (triage/store/leases.py).
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
 
 
 class ModelVersion(Base):

@@ -1,0 +1,159 @@
+"""Bulk curation: `triage export --labelled FILE`, edit, `triage label --import FILE`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from classifiers.model import Classifier
+from tests.conftest import tiny_text
+from tests.connectors.test_maildir import deliver
+from tests.helpers import make_config, make_email
+from tests.test_lifecycle import run
+from triage.scheduler import Worker
+from triage.store.schema import Label
+
+
+@pytest.fixture
+def config(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> Path:
+    """A config file over a store holding three classified messages."""
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email(*tiny_text("complaint", "billing")))
+    deliver(box, "2.b", make_email(*tiny_text("question", "delivery")))
+    deliver(box, "3.c", make_email(*tiny_text("feedback", "billing", "urgent")))
+    worker = Worker(
+        make_config(tmp_path, sources=[{"name": "box", "type": "maildir", "path": str(box)}])
+    )
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    assert worker.run_once().polls[0].count("stored") == 3
+    worker.db.dispose()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "triage.db"}"\n\n'
+        f'[classifier]\nmodels_dir = "{tmp_path / "models"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def labels(config: Path) -> list[tuple[int, str, str, str, str | None]]:
+    worker = Worker(make_config(config.parent))
+    with worker.db.session() as session:
+        rows = session.scalars(select(Label).order_by(Label.id)).all()
+        found = [(r.message_id, r.axis, r.label, r.labelled_by, r.model_label) for r in rows]
+    worker.db.dispose()
+    return found
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_csv_round_trip_changes_only_what_was_edited(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported = config.parent / "labels.csv"
+    code, out, _ = run(capsys, monkeypatch, config, "export", "--labelled", str(exported))
+    assert code == 0 and "3 message(s)" in out
+    rows = read_csv(exported)
+    assert [r["kind"] for r in rows] == ["complaint", "question", "feedback"]
+    assert {r["source"] for r in rows} == {"model"}
+    assert list(rows[0]) == ["message_id", "subject", "text", "kind", "area", "urgency", "source"]
+    assert rows[0]["subject"] == tiny_text("complaint", "billing")[0] and rows[0]["text"]
+
+    rows[0]["kind"] = "feedback"  # a correction
+    rows[1]["source"] = "human"  # a guess confirmed as right
+    write_csv(exported, rows)
+    code, out, err = run(
+        capsys, monkeypatch, config, "label", "--import", str(exported), "--by", "curator"
+    )
+    assert code == 0, err
+    assert "recorded 4 label(s) on 2 message(s) by curator" in out
+    first, second = int(rows[0]["message_id"]), int(rows[1]["message_id"])
+    assert sorted(labels(config)) == [
+        (first, "kind", "feedback", "curator", "complaint"),
+        (second, "area", "delivery", "curator", "delivery"),
+        (second, "kind", "question", "curator", "question"),
+        (second, "urgency", "normal", "curator", "normal"),
+    ]
+
+    run(capsys, monkeypatch, config, "export", "--labelled", str(exported))
+    again = read_csv(exported)
+    assert again[0]["kind"] == "feedback" and again[0]["source"] == "mixed"
+    assert again[1]["source"] == "human" and again[2]["source"] == "model"
+    code, out, _ = run(capsys, monkeypatch, config, "label", "--import", str(exported))
+    assert code == 0 and "recorded 0 label(s)" in out  # nothing new: nothing recorded twice
+
+
+def test_jsonl_round_trip_and_the_old_form_still_works(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported = config.parent / "labels.jsonl"
+    assert run(capsys, monkeypatch, config, "export", "--labelled", str(exported))[0] == 0
+    rows = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
+    assert rows[2]["urgency"] == "urgent" and isinstance(rows[2]["message_id"], int)
+    edited = [{"message_id": rows[2]["message_id"], "urgency": "normal", "area": "delivery"}]
+    exported.write_text("".join(json.dumps(r) + "\n" for r in edited), encoding="utf-8")
+    code, _, err = run(capsys, monkeypatch, config, "label", "--import", str(exported))
+    assert code == 0, err
+    message = rows[2]["message_id"]
+    assert {(a, v) for m, a, v, _, _ in labels(config) if m == message} == {
+        ("urgency", "normal"),
+        ("area", "delivery"),
+    }
+    code, out, _ = run(capsys, monkeypatch, config, "label", str(message), "--kind", "spam")
+    assert code == 0 and f"message {message}: kind = spam" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error"),
+    [
+        ("bad.csv", "message_id,kind\n1,feedback\nabc,question\n", "line 3: message_id 'abc'"),
+        (
+            "bad.csv",
+            "message_id,kind\n1,feedback\n999,question\n",
+            "line 3: there is no message 999",
+        ),
+        ("bad.csv", "id,kind\n1,feedback\n", "line 1: the header needs message_id"),
+        ("bad.csv", "message_id,kind\n1,feedback,extra\n", "line 2: more fields than the header"),
+        ("bad.jsonl", '{"message_id": 1, "kind": "feedback"}\n{oops\n', "line 2: not valid JSON"),
+        ("bad.jsonl", '{"message_id": 1, "kind": 5}\n', "line 1: kind 5 is not a label"),
+        ("bad.txt", "message_id,kind\n", "use a .csv or .jsonl file"),
+    ],
+)
+def test_a_bad_row_names_its_line_and_imports_nothing(
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    content: str,
+    error: str,
+) -> None:
+    path = config.parent / name
+    path.write_text(content, encoding="utf-8")
+    code, _, err = run(capsys, monkeypatch, config, "label", "--import", str(path))
+    assert code == 2
+    assert error in " ".join(err.split())
+    assert labels(config) == []  # all or nothing
+
+
+def test_import_and_message_id_do_not_mix(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(capsys, monkeypatch, config, "label", "1", "--import", "x.csv")
+    assert code == 2 and "--import takes no MESSAGE_ID" in err
+    code, _, err = run(capsys, monkeypatch, config, "label")
+    assert code == 2 and "give MESSAGE_ID" in err

@@ -1,0 +1,164 @@
+"""Urgency from more than the text: the model's guess combined with a support lead's signals.
+
+Text alone is a weak urgency signal on real mail, so the final label also weighs what a lead
+would: explicit markers in the text (asks for haste, reports an outage, threatens legal action),
+the channel (a public post is seen by everyone), a VIP list, and the customer's recent history
+(the third contact in a week about the same area). Every signal that fires becomes a reason a
+person can read in the forward. Pure logic: the caller counts the recent contacts (one query
+per batch) and passes them in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from classifiers.base import Prediction
+from triage.config import Urgency
+
+CATEGORY_NAMES = {
+    "urgent": "asks for urgency",
+    "outage": "reports an outage",
+    "legal": "threatens legal action",
+}
+"""How a marker category reads in a reason; other categories are shown by their name."""
+URGENT_BECAUSE = "Urgent because: "
+"""Starts the reasons in a route's reason text; the forward's summary gives them their own line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The final urgency of one message.
+
+    Attributes:
+        label: The urgency label to act on: the model's, or ``urgent_label`` when a signal fired.
+        reasons: Why it is urgent, one readable phrase per signal (empty when it is not).
+        escalated: True when a signal raised the label above the model's.
+    """
+
+    label: str | None
+    reasons: tuple[str, ...] = ()
+    escalated: bool = False
+
+
+def assess(
+    prediction: Prediction | None,
+    text: str,
+    channel: str,
+    sender: str,
+    recent_contacts: int,
+    settings: Urgency,
+    urgent_labels: Sequence[str],
+    area: str | None = None,
+) -> Assessment:
+    """Combine the model's urgency with the signals the config names.
+
+    Args:
+        prediction: The model's urgency prediction; None when the model has no urgency axis.
+        text: The text the model read (subject and body, quotes trimmed).
+        channel: The message's channel ("email", "x", ...), or "x:mention" style with its kind.
+        sender: The sender's address or handle.
+        recent_contacts: Earlier messages of this customer about ``area`` within
+            ``settings.repeat_window_days`` (this message not counted).
+        settings: The ``[urgency]`` config section.
+        urgent_labels: The labels the router escalates; the first is used when a signal fires.
+        area: The product area of this message, for the repeat-contact reason.
+
+    Returns:
+        The label to route on and the reasons; the model's label unchanged when nothing fired.
+    """
+    model_label = prediction.label if prediction is not None else None
+    model_urgent = model_label is not None and model_label in urgent_labels
+    signals = [
+        *marker_reasons(text, settings.markers),
+        *_channel_reasons(channel, settings.escalate_channels),
+        *_vip_reasons(sender, settings.vip),
+        *_repeat_reasons(recent_contacts, settings, area),
+    ]
+    if model_urgent:
+        assert prediction is not None
+        reasons = (f"the model rates the text {model_label} ({prediction.confidence:.0%})",)
+        return Assessment(model_label, (*reasons, *signals))
+    if not signals or not urgent_labels:
+        return Assessment(model_label)
+    return Assessment(urgent_labels[0], tuple(signals), escalated=True)
+
+
+def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]) -> list[str]:
+    """One reason per marker category found in ``text``, quoting the words that matched.
+
+    A marker matches whole words, case-insensitively; a trailing ``*`` also matches any ending
+    (``адвокат*`` finds "адвоката"), for inflected languages.
+    """
+    found: dict[str, list[str]] = {}
+    for by_category in markers.values():
+        for category, words in by_category.items():
+            for match in _pattern(tuple(words)).finditer(text) if words else ():
+                quoted = match.group(0).lower()
+                if quoted not in found.setdefault(category, []):
+                    found[category].append(quoted)
+    return [
+        f"{CATEGORY_NAMES.get(category, category)} ({', '.join(map(_quote, words))})"
+        for category, words in found.items()
+    ]
+
+
+@lru_cache(maxsize=256)
+def _pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = [
+        re.escape(word.removesuffix("*")).replace(r"\ ", r"\s+")
+        + (r"\w*" if word.endswith("*") else "")
+        for word in sorted(words, key=len, reverse=True)
+    ]
+    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+
+
+def _quote(word: str) -> str:
+    return f'"{word}"'
+
+
+def _channel_reasons(channel: str, escalate: Iterable[str]) -> list[str]:
+    wanted = {c.lower() for c in escalate}
+    base = channel.split(":", 1)[0].lower()
+    if channel.lower() in wanted or base in wanted:
+        return [f"came in on {channel}, a channel escalated by config"]
+    return []
+
+
+def _vip_reasons(sender: str, vip: Iterable[str]) -> list[str]:
+    return [f"VIP customer ({sender})"] if sender and is_vip(sender, vip) else []
+
+
+def is_vip(sender: str, vip: Iterable[str]) -> bool:
+    """Whether ``sender`` is on the VIP list: an address, a handle (the @ optional) or a
+    whole domain written ``*@example.com``."""
+    who = sender.strip().lower()
+    bare = who.removeprefix("@")
+    for entry in (v.strip().lower() for v in vip):
+        if entry.startswith("*@"):
+            if who.endswith(entry[1:]):
+                return True
+        elif entry.removeprefix("@") == bare:
+            return True
+    return False
+
+
+def _repeat_reasons(recent: int, settings: Urgency, area: str | None) -> list[str]:
+    contact = recent + 1
+    if contact < settings.repeat_contacts:
+        return []
+    about = f" about {area}" if area else ""
+    return [f"contact no. {contact}{about} within {settings.repeat_window_days} days"]
+
+
+def count_recent(
+    history: Iterable[tuple[str, datetime]], area: str | None, at: datetime, window: timedelta
+) -> int:
+    """How many of ``history``'s (area, received at) contacts are about ``area`` within
+    ``window`` before ``at``; none without an area."""
+    if area is None:
+        return 0
+    return sum(1 for label, when in history if label == area and at - window <= when <= at)
