@@ -24,7 +24,6 @@ from email.header import Header
 from email.message import Message as Email
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
-from typing import Any
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 from classifiers.base import Prediction
 from connectors.base import RawItem
 from triage.config import Config, Department
-from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport
+from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport, outbox_row
 from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
 from triage.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.pipeline import Outcome
@@ -299,23 +298,12 @@ class Corrections:
         assert message is not None
         message.routing = f"{route.reason}; corrected by {by}"
         if route.department and not _forwarded(session, forward.message_id, route.department):
-            session.add(Forward(**self._forward_row(forward.message_id, route)))
+            session.add(
+                Forward(
+                    **outbox_row(forward.message_id, route, self.config.forwarding.from_address)
+                )
+            )
         return route
-
-    def _forward_row(self, message_id: int, route: Route) -> dict[str, Any]:
-        domain = self.config.forwarding.from_address.rpartition("@")[2]
-        return {
-            "message_id": message_id,
-            "department": route.department,
-            "to_addrs": list(route.to_addrs),
-            "cc_addrs": list(route.cc_addrs),
-            "urgent": route.urgent,
-            "reason": route.reason,
-            "rfc_message_id": make_msgid("triage", domain=domain),
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": utcnow(),
-        }
 
     def _ack(
         self, email: ParsedEmail, department: Department, forward: Forward, decision: _Decision

@@ -28,7 +28,7 @@ from email.message import Message as Email
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import format_datetime
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from triage.config import Config, Forwarding, Smtp, resolve_secret
 from triage.faults import crash_point
 from triage.identities import same_person
+from triage.routing import Route
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 from triage.urgency import URGENT_BECAUSE
@@ -279,6 +280,22 @@ class Forwarder:
         if not self._outage_logged:
             log.warning("forwarding is failing, will retry with backoff: %s", exc)
             self._outage_logged = True
+
+
+def outbox_row(message_id: int, route: Route, from_address: str) -> dict[str, Any]:
+    """A new outbox entry for ``route``; its Message-ID is fixed now, so a re-send keeps it."""
+    return {
+        "message_id": message_id,
+        "department": route.department,
+        "to_addrs": list(route.to_addrs),
+        "cc_addrs": list(route.cc_addrs),
+        "urgent": route.urgent,
+        "reason": route.reason,
+        "rfc_message_id": make_msgid("triage", domain=from_address.rpartition("@")[2]),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+    }
 
 
 def backoff(attempts: int, base_seconds: float) -> timedelta:

@@ -14,7 +14,6 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.utils import make_msgid
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -34,6 +33,7 @@ from connectors.base import (
 from triage import urgency
 from triage.config import Config
 from triage.faults import crash_point
+from triage.forwarding import outbox_row
 from triage.normalize import ParsedEmail, parse_email
 from triage.posts import parse_post
 from triage.registry import ActiveClassifier
@@ -261,7 +261,7 @@ class Pipeline:
         history.insert_forwards(
             session,
             [
-                self._forward_row(id_, entry.route)
+                outbox_row(id_, entry.route, self.config.forwarding.from_address)
                 for id_, entry in zip(ids, entries, strict=True)
                 if entry.route is not None and entry.route.department
             ],
@@ -340,21 +340,6 @@ class Pipeline:
             return entry.predictions, verdict.reasons
         raised = Prediction(verdict.label, 1.0)
         return {**entry.predictions, URGENCY: raised}, verdict.reasons
-
-    def _forward_row(self, message_id: int, route: Route) -> dict[str, Any]:
-        domain = self.config.forwarding.from_address.rpartition("@")[2]
-        return {
-            "message_id": message_id,
-            "department": route.department,
-            "to_addrs": list(route.to_addrs),
-            "cc_addrs": list(route.cc_addrs),
-            "urgent": route.urgent,
-            "reason": route.reason,
-            "rfc_message_id": make_msgid("triage", domain=domain),
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": utcnow(),
-        }
 
     def _record_success(self, name: str) -> int:
         """Mark the source healthy; returns the failure streak this success ended."""
