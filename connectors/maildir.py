@@ -1,6 +1,7 @@
 """Maildir connector: the embedded default, and a real option where an MTA delivers locally.
 
-Messages are read, never moved or flagged. Maildir has no UIDs, so the checkpoint is a watermark
+Messages are read, never moved or flagged; a message's arrival time is the delivery time at the
+start of its unique name (the Maildir convention), else the file's mtime. Maildir has no UIDs, so the checkpoint is a watermark
 on the files' change time (ctime): a delivery (rename into ``new/``), a copy or a move always sets
 a fresh ctime, which a sender cannot back-date the way it can the mtime. Files whose ctime lies
 within a safety margin below the watermark are read again (a delivery racing the scan, coarse
@@ -92,7 +93,7 @@ class MaildirConnector:
             source=self.name,
             source_id=f"maildir:{self.name}:{entry.key}",
             raw=raw,
-            received_at=datetime.fromtimestamp(entry.mtime, UTC),
+            received_at=_delivered_at(entry),
             size=entry.size,
             truncated=truncated,
         )
@@ -106,3 +107,12 @@ def _read_headers(fh: object) -> bytes:
             break
         lines.append(line)
     return b"".join(lines) + b"\n"
+
+
+def _delivered_at(entry: _Entry) -> datetime:
+    """When the message was delivered: the Maildir unique name starts with the delivery time
+    (seconds since the epoch), which survives a copy or a checkout; else the file's mtime."""
+    head = entry.key.split(".", 1)[0]
+    if head.isdigit() and 10**9 <= int(head) < 2**32:  # 2001 onwards: real MTAs, not "1.a"
+        return datetime.fromtimestamp(int(head), UTC)
+    return datetime.fromtimestamp(entry.mtime, UTC)

@@ -54,3 +54,12 @@ def test_oversized_message_keeps_headers_only(tmp_path: Path) -> None:
 def test_not_a_maildir(tmp_path: Path) -> None:
     with pytest.raises(ConnectorAuthError, match="is not a Maildir"):
         list(MaildirConnector("box", tmp_path).fetch(None))
+
+
+def test_arrival_time_comes_from_the_unique_name(tmp_path: Path) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1794902735.M000036P100.demo", make_email("a", "1"))
+    deliver(box, "no-time-here", make_email("b", "2"))
+    items = {item.source_id: item for item, _ in MaildirConnector("box", box).fetch(None)}
+    assert items["maildir:box:1794902735.M000036P100.demo"].received_at.timestamp() == 1794902735
+    assert abs(items["maildir:box:no-time-here"].received_at.timestamp() - time.time()) < 60
