@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -102,22 +103,18 @@ def _messages(db: Database) -> Iterator[Metric]:
             .select_from(Message)
             .where(Message.routing.startswith(status.REVIEW_PREFIX))
         )
-    ingested = GaugeMetricFamily(
+    yield _counted(
         "triage_messages_ingested",
         "Messages stored, by source and status (stored, quarantined, ...).",
-        labels=["source", "status"],
+        ["source", "status"],
+        by_source,
     )
-    for source, state, count in by_source:
-        ingested.add_metric([source, state], count)
-    yield ingested
-    classified = GaugeMetricFamily(
+    yield _counted(
         "triage_messages_classified",
         "Classifications stored, by axis (kind, area, urgency) and label.",
-        labels=["axis", "label"],
+        ["axis", "label"],
+        labels,
     )
-    for axis, label, count in labels:
-        classified.add_metric([axis, label], count)
-    yield classified
     yield GaugeMetricFamily(
         "triage_review_messages", "Messages sent to the review department.", value=review or 0
     )
@@ -135,22 +132,18 @@ def _forwards(db: Database) -> Iterator[Metric]:
             .where(Forward.status == "pending", Forward.attempts > 0)
             .group_by(Forward.department)
         ).all()
-    forwards = GaugeMetricFamily(
+    yield _counted(
         "triage_forwards",
         "Forwards by department and status (pending, sent, failed).",
-        labels=["department", "status"],
+        ["department", "status"],
+        rows,
     )
-    for department, state, count in rows:
-        forwards.add_metric([department, state], count)
-    yield forwards
-    again = GaugeMetricFamily(
+    yield _counted(
         "triage_forwards_retrying",
         "Pending forwards that have failed at least one attempt.",
-        labels=["department"],
+        ["department"],
+        retrying,
     )
-    for department, count in retrying:
-        again.add_metric([department], count)
-    yield again
 
 
 def _sources(config: Config, db: Database, started: datetime | None) -> Iterator[Metric]:
@@ -211,3 +204,11 @@ def registry_for(
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text format Prometheus scrapes."""
     return generate_latest(registry)
+
+
+def _counted(name: str, documentation: str, labels: list[str], rows: Iterable[Any]) -> Metric:
+    """A gauge from query rows of (label values..., count)."""
+    gauge = GaugeMetricFamily(name, documentation, labels=labels)
+    for *values, count in rows:
+        gauge.add_metric(list(values), count)
+    return gauge
