@@ -74,7 +74,9 @@ def child(config_path: str, preload: int) -> None:
     worker.db.upgrade()
     if preload:
         _preload(worker, preload)
-    worker.pipeline.classifier.current()  # load the model before the clock starts
+    # Load the model and start the parsing processes before the clock starts, as a daemon has.
+    model = worker.pipeline.classifier.current()
+    worker.pipeline.preparer.start(model, worker.pipeline.classifier.path)
     started = time.perf_counter()
     result = worker.run_once()
     seconds = time.perf_counter() - started

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -31,6 +30,10 @@ from connectors.base import (
 log = logging.getLogger(__name__)
 
 SIZE_CHUNK = 5000
+PREFIX_BYTES = 1 << 20
+"""Each FETCH asks for the first MiB of every message with its size: nearly all mail arrives
+whole in that one round trip; a longer message is fetched again whole, or (above
+max_message_bytes) cut to its headers, so an oversized message never costs more than this."""
 """UIDs per size query; Dovecot refuses command lines over 64 KB (about 15,000 UIDs)."""
 
 
@@ -194,10 +197,9 @@ class ImapConnector:
         uids = sorted(uid for uid in client.search(["UID", f"{last_uid + 1}:*"]) if uid > last_uid)
         if uids:
             log.info("%s: %d new message(s) in %s", self.name, len(uids), self.folder)
-        sizes = self._sizes(client, uids)
         for start in range(0, len(uids), self.batch_size):
             chunk = uids[start : start + self.batch_size]
-            for uid, item in self._fetch_chunk(client, chunk, sizes, uidvalidity):
+            for uid, item in self._fetch_chunk(client, chunk, uidvalidity):
                 yield item, {"uidvalidity": uidvalidity, "last_uid": uid}
 
     def _resume_after(self, checkpoint: Checkpoint | None, uidvalidity: int) -> int:
@@ -215,45 +217,48 @@ class ImapConnector:
             return 0
         return int(checkpoint.get("last_uid", 0))
 
-    def _sizes(self, client: IMAPClient, uids: Sequence[int]) -> dict[int, tuple[int, Any]]:
-        sizes: dict[int, tuple[int, Any]] = {}
-        for start in range(0, len(uids), SIZE_CHUNK):
-            chunk = uids[start : start + SIZE_CHUNK]
-            response = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE"])
-            for uid, data in response.items():
-                sizes[uid] = (int(data.get(b"RFC822.SIZE", 0)), data.get(b"INTERNALDATE"))
-        return sizes
-
     def _fetch_chunk(
-        self,
-        client: IMAPClient,
-        chunk: Sequence[int],
-        sizes: dict[int, tuple[int, Any]],
-        uidvalidity: int,
+        self, client: IMAPClient, chunk: Sequence[int], uidvalidity: int
     ) -> Iterator[tuple[int, RawItem]]:
-        oversized = {uid for uid in chunk if sizes.get(uid, (0, None))[0] > self.max_message_bytes}
-        whole = [uid for uid in chunk if uid not in oversized]
-        bodies = _fetch_part(client, whole, "BODY.PEEK[]", b"BODY[]")
-        bodies.update(_fetch_part(client, sorted(oversized), "BODY.PEEK[HEADER]", b"BODY[HEADER]"))
+        prefix = min(PREFIX_BYTES, self.max_message_bytes)
+        response = client.fetch(chunk, ["RFC822.SIZE", "INTERNALDATE", f"BODY.PEEK[]<0.{prefix}>"])
+        found = {
+            uid: (int(data.get(b"RFC822.SIZE", 0)), data.get(b"INTERNALDATE"), data[b"BODY[]<0>"])
+            for uid, data in response.items()
+            if b"BODY[]<0>" in data
+        }
+        oversized = {uid for uid, (size, _, _) in found.items() if size > self.max_message_bytes}
+        longer = sorted(
+            uid for uid, (size, _, _) in found.items() if prefix < size <= self.max_message_bytes
+        )
+        whole = _fetch_part(client, longer, "BODY.PEEK[]", b"BODY[]")
         for uid in chunk:
-            raw = bodies.get(uid)
-            if raw is None:
+            if uid not in found:
                 # Expunged between SEARCH and FETCH: nothing left to store.
                 log.info("%s: UID %d vanished before it could be fetched", self.name, uid)
                 continue
-            size, internal_date = sizes.get(uid, (len(raw), None))
+            size, internal_date, raw = found[uid]
+            if uid in oversized:
+                raw = self._headers(client, uid, raw)
             yield (
                 uid,
                 RawItem(
                     source=self.name,
                     source_id=f"imap:{self.username}/{self.folder}:{uidvalidity}:{uid}",
-                    raw=raw,
+                    raw=whole.get(uid, raw),
                     received_at=_as_utc(internal_date),
-                    size=size,
+                    size=size or len(raw),
                     truncated=uid in oversized,
                     extra={"uid": uid},
                 ),
             )
+
+    def _headers(self, client: IMAPClient, uid: int, prefix: bytes) -> bytes:
+        """The header block of an oversized message, from its first bytes when it is there."""
+        end = prefix.find(b"\r\n\r\n")
+        if end >= 0:
+            return prefix[: end + 4]
+        return _fetch_part(client, [uid], "BODY.PEEK[HEADER]", b"BODY[HEADER]").get(uid, prefix)
 
     def _translate(self, exc: Exception) -> ConnectorError:
         if isinstance(exc, ssl.SSLCertVerificationError):

@@ -250,6 +250,17 @@ class Schedule(_Section):
     poll_interval: float = Field(default=60.0, gt=0)
     outbox_interval: float = Field(default=15.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
+    # Processes that parse and classify fetched mail beside the polling one; None: one per
+    # core, at most 4 (each holds a copy of the model); 0: all in the polling process.
+    parse_processes: int | None = Field(default=None, ge=0, le=64)
+
+    @property
+    def parse_workers(self) -> int:
+        """The number of parsing processes this machine gets."""
+        if self.parse_processes is not None:
+            return self.parse_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(4, cores or 1)
 
 
 class Alerts(_Section):

@@ -32,7 +32,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
@@ -412,12 +412,21 @@ def as_bytes(message: Email) -> bytes:
 
 
 def _labels(session: Session, message_id: int) -> dict[str, Classification]:
-    rows = session.scalars(
-        select(Classification)
-        .where(Classification.message_id == message_id)
-        .order_by(Classification.id)
-    )
-    return {row.axis: row for row in rows}
+    return _labels_of(session, [message_id])[message_id]
+
+
+def _labels_of(session: Session, message_ids: list[int]) -> dict[int, dict[str, Classification]]:
+    """Each message's latest label per axis, in one query."""
+    found: dict[int, dict[str, Classification]] = {id_: {} for id_ in message_ids}
+    if message_ids:
+        rows = session.scalars(
+            select(Classification)
+            .where(Classification.message_id.in_(message_ids))
+            .order_by(Classification.id)
+        )
+        for row in rows:
+            found[row.message_id][row.axis] = row
+    return found
 
 
 def _subject(message: Message, labels: dict[str, Classification], urgent: bool) -> str:
@@ -470,22 +479,29 @@ def _routing_lines(reason: str) -> list[str]:
 
 
 def _earlier(session: Session, message: Message, limit: int) -> tuple[int, list[str]]:
+    """How many requests this customer (all linked identities) sent before this one, and the
+    latest ``limit`` of them as lines; a few indexed queries whatever the history's length."""
     if message.customer_id is None:
         return 0, []
-    person = select(Customer.id).where(same_person(session, message.customer_id))
-    earlier = Message.customer_id.in_(person) & (
-        (Message.received_at < message.received_at)
-        | ((Message.received_at == message.received_at) & (Message.id < message.id))
+    person = list(
+        session.scalars(select(Customer.id).where(same_person(session, message.customer_id)))
+    )
+    earlier = (
+        Message.customer_id.in_(person)
+        & (Message.received_at <= message.received_at)
+        & (tuple_(Message.received_at, Message.id) < tuple_(message.received_at, message.id))
     )
     count = session.scalar(select(func.count()).select_from(Message).where(earlier)) or 0
     recent = session.scalars(
         select(Message).where(earlier).order_by(Message.received_at.desc()).limit(limit)
     ).all()
+    labels = _labels_of(session, [row.id for row in recent])
     lines = []
     for row in recent:
-        labels = _labels(session, row.id)
-        tags = "/".join(labels[a].label for a in ("kind", "area") if a in labels) or row.status
-        lines.append(f"{row.received_at:%Y-%m-%d} [{tags}] {row.subject or '(no subject)'}")
+        tags = "/".join(labels[row.id][a].label for a in ("kind", "area") if a in labels[row.id])
+        lines.append(
+            f"{row.received_at:%Y-%m-%d} [{tags or row.status}] {row.subject or '(no subject)'}"
+        )
     return count, lines
 
 

@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -34,8 +36,8 @@ from triage import urgency
 from triage.config import Config
 from triage.faults import crash_point
 from triage.forwarding import outbox_row
-from triage.normalize import ParsedEmail, parse_email
-from triage.posts import parse_post
+from triage.normalize import ParsedEmail
+from triage.prepare import Prepared, Preparer, classification_text, prepare
 from triage.registry import ActiveClassifier
 from triage.routing import AREA, URGENCY, Route, Router
 from triage.store import history
@@ -96,6 +98,14 @@ class _Parsed:
     predictions: dict[str, Prediction] | None = None
     route: Route | None = None
 
+    @classmethod
+    def of(cls, item: RawItem, prepared: Prepared) -> _Parsed:
+        key = hashlib.sha256(item.raw).hexdigest()
+        return cls(item, key, prepared.email, prepared.error, prepared.predictions)
+
+
+_InFlight = tuple[list[tuple[RawItem, Checkpoint]], "Future[list[Prepared]] | None"]
+
 
 class Pipeline:
     """Runs polls for the sources of one config against one database."""
@@ -114,6 +124,9 @@ class Pipeline:
         # Sources whose items are not customer mail: source name -> the stage that records a
         # batch in the caller's transaction instead of `_record` (triage/corrections.py).
         self.stages: dict[str, Callable[[Session, str, list[RawItem]], list[Outcome]]] = {}
+        # Parses and classifies batches (in worker processes when configured) while this
+        # process fetches the next batch and stores the previous one.
+        self.preparer = Preparer(0)
 
     def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
         """Read everything new from ``connector`` and record it; never raises for source errors.
@@ -127,11 +140,8 @@ class Pipeline:
             result.paused_until = paused
             log.debug("%s: rate-limited, not polled before %s", name, paused)
             return result
-        model = self.classifier.current()
         try:
-            for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
-                result.outcomes.extend(self._process(name, batch, model))
-                connector.acknowledge([item for item, _ in batch])  # only after the commit
+            self._ingest(name, connector, batch_size, result.outcomes)
         except ConnectorRateLimited as exc:
             result.paused_until = self._record_pause(name, exc)
             log.warning("%s: %s", name, exc)
@@ -155,13 +165,61 @@ class Pipeline:
         )
         return result
 
+    def _ingest(
+        self, name: str, connector: Connector, batch_size: int, outcomes: list[Outcome]
+    ) -> None:
+        """Fetch, prepare and commit batch after batch, with batches prepared ahead of the commit
+        (one per worker process), so fetching, parsing and storing overlap.
+
+        On a connector error the batches already read are committed first, then it is raised.
+        """
+        model = self.classifier.current()
+        in_flight: deque[_InFlight] = deque()
+        try:
+            for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
+                in_flight.append((batch, self._submit(name, batch, model)))
+                if len(in_flight) > max(1, self.preparer.processes):
+                    outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+        except ConnectorError:
+            while in_flight:
+                outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+            raise
+        while in_flight:
+            outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+
+    def _submit(
+        self, name: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
+    ) -> Future[list[Prepared]] | None:
+        if name in self.stages:
+            return None  # a stage reads its items itself
+        path = self.classifier.path if model is not None else None
+        return self.preparer.submit([item for item, _ in batch], model, path)
+
+    def _commit(
+        self,
+        name: str,
+        connector: Connector,
+        batch: list[tuple[RawItem, Checkpoint]],
+        future: Future[list[Prepared]] | None,
+        model: Classifier | None,
+    ) -> list[Outcome]:
+        items = [item for item, _ in batch]
+        prepared = self.preparer.collect(future, items, model) if future is not None else None
+        outcomes = self._process(name, batch, prepared, model)
+        connector.acknowledge(items)  # only after the commit
+        return outcomes
+
     def _checkpoint(self, name: str) -> Checkpoint | None:
         with self.db.session() as session:
             state = session.get(SourceState, name)
             return state.checkpoint if state else None
 
     def _process(
-        self, source: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
+        self,
+        source: str,
+        batch: list[tuple[RawItem, Checkpoint]],
+        prepared: list[Prepared] | None,
+        model: Classifier | None,
     ) -> list[Outcome]:
         crash_point("fetched")
         with self.db.transaction() as session:
@@ -171,20 +229,23 @@ class Pipeline:
             if stage := self.stages.get(source):
                 outcomes = stage(session, source, items)
             else:
-                outcomes = self._record(session, source, items, model)
+                assert prepared is not None
+                outcomes = self._record(session, source, items, prepared, model)
             _save_checkpoint(session, source, batch[-1][1])
         crash_point("committed")
         return outcomes
 
     def _record(
-        self, session: Session, source: str, items: list[RawItem], model: Classifier | None
+        self,
+        session: Session,
+        source: str,
+        items: list[RawItem],
+        prepared: list[Prepared],
+        model: Classifier | None,
     ) -> list[Outcome]:
-        """Normalize, classify, route and store ``items`` in the caller's transaction."""
-        parsed = [_Parsed(item, hashlib.sha256(item.raw).hexdigest()) for item in items]
+        """Route and store prepared ``items`` in the caller's transaction."""
+        parsed = [_Parsed.of(item, p) for item, p in zip(items, prepared, strict=True)]
         fresh, outcomes = _drop_known(session, source, parsed)
-        for entry in fresh:
-            _normalize(entry)
-        self._classify([e for e in fresh if e.email is not None], model)
         crash_point("classified")
         good = []
         contacts = self._recent_contacts(session, fresh)
@@ -220,21 +281,10 @@ class Pipeline:
                 )
                 session.delete(row)
                 session.flush()
-                outcomes.extend(self._record(session, row.source, [item], model))
+                outcomes.extend(
+                    self._record(session, row.source, [item], prepare([item], model), model)
+                )
         return outcomes
-
-    def _classify(self, entries: list[_Parsed], model: Classifier | None) -> None:
-        if model is None or not entries:
-            return
-        try:
-            results = model.predict([_classification_text(e) for e in entries])
-        except Exception:
-            log.exception("classifying a batch failed; classifying its messages one by one")
-            for entry in entries:
-                _classify_one(entry, model)
-            return
-        for entry, predictions in zip(entries, results, strict=True):
-            entry.predictions = predictions
 
     def _store(
         self, session: Session, entries: list[_Parsed], model: Classifier | None
@@ -328,7 +378,7 @@ class Pipeline:
             seen.append((area_label, entry.item.received_at))  # later messages of the batch
         verdict = urgency.assess(
             entry.predictions.get(URGENCY),
-            _classification_text(entry),
+            classification_text(entry.email),
             _urgency_channel(entry),
             entry.email.sender_address,
             recent,
@@ -429,32 +479,6 @@ def _drop_known(
         known.add(entry.key)
         fresh.append(entry)
     return fresh, outcomes
-
-
-NORMALIZERS = {"rfc822": parse_email, "post": parse_post}
-"""How each RawItem format becomes a normalized record; a new format is one entry."""
-
-
-def _normalize(entry: _Parsed) -> None:
-    try:
-        entry.email = NORMALIZERS[entry.item.format](entry.item.raw)
-    except Exception as exc:  # a poison message must not block the batch
-        log.warning("%s cannot be parsed, quarantined: %s", entry.item.source_id, exc)
-        entry.error = f"{type(exc).__name__}: {exc}"
-
-
-def _classification_text(entry: _Parsed) -> str:
-    """Subject and trimmed body, joined as the training files join their text columns."""
-    assert entry.email is not None
-    return f"{entry.email.subject}\n{entry.email.text_for_classification}"
-
-
-def _classify_one(entry: _Parsed, model: Classifier) -> None:
-    try:
-        entry.predictions = model.predict([_classification_text(entry)])[0]
-    except Exception as exc:  # a poison message must not block the batch
-        log.warning("%s cannot be classified, quarantined: %s", entry.item.source_id, exc)
-        entry.error = f"classification failed: {type(exc).__name__}: {exc}"
 
 
 def _urgency_channel(entry: _Parsed) -> str:

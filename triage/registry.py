@@ -158,6 +158,13 @@ class ActiveClassifier:
         self._classifier: Classifier | None = None
         self._problem: str | None = None
 
+    @property
+    def path(self) -> Path | None:
+        """The artifact folder of the loaded model (worker processes load it from there)."""
+        if self._classifier is None:
+            return None
+        return self.registry.models_dir / self._classifier.version
+
     def current(self) -> Classifier | None:
         """The active classifier, or None (messages then go to review) with the reason logged once."""
         row = self.registry.active()

@@ -39,6 +39,7 @@ from triage.corrections import Corrections
 from triage.errors import ConfigError
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
+from triage.prepare import Preparer
 from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
@@ -97,6 +98,7 @@ class Worker:
         self.alerter = alerter
         self.pipeline = Pipeline(self.db, config, Router(config), classifier)
         self.pipeline.fence = self.leases.fence
+        self.pipeline.preparer = _preparer(previous, config.schedule.parse_workers)
         self.leases.ttl = config.schedule.lease_seconds
         self.forwarder = Forwarder(self.db, config, make_transport(config))
         # Replies of departments: their mailbox is handled by the corrections stage.
@@ -272,6 +274,7 @@ class Worker:
             site.close()
         self._stop_watchers()
         scheduler.shutdown(wait=True)
+        self.pipeline.preparer.close()
         self.db.dispose()
         log.info("worker stopped")
 
@@ -360,6 +363,14 @@ class Worker:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _preparer(previous: Pipeline | None, processes: int) -> Preparer:
+    """Keep the running worker processes across a reload unless their number changed (an
+    old pool ends when the polls still using it are done and it is garbage)."""
+    if previous is not None and previous.preparer.processes == processes:
+        return previous.preparer
+    return Preparer(processes)
 
 
 def _log_job_problem(event: JobExecutionEvent) -> None:

@@ -93,27 +93,51 @@ def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]
     A marker matches whole words, case-insensitively; a trailing ``*`` also matches any ending
     (``адвокат*`` finds "адвоката"), for inflected languages.
     """
+    by_category: dict[str, list[str]] = {}
+    for languages in markers.values():
+        for category, words in languages.items():
+            by_category.setdefault(category, []).extend(words)
+    pattern, categories, stems = _pattern(tuple((c, tuple(w)) for c, w in by_category.items() if w))
+    lowered = text.lower()
+    if not any(stem in lowered for stem in stems):
+        return []  # the common case, at the cost of a substring search
     found: dict[str, list[str]] = {}
-    for by_category in markers.values():
-        for category, words in by_category.items():
-            for match in _pattern(tuple(words)).finditer(text) if words else ():
-                quoted = match.group(0).lower()
-                if quoted not in found.setdefault(category, []):
-                    found[category].append(quoted)
+    for match in pattern.finditer(text):
+        category = categories[match.lastgroup or ""]
+        quoted = match.group(0).lower()
+        if quoted not in found.setdefault(category, []):
+            found[category].append(quoted)
     return [
         f"{CATEGORY_NAMES.get(category, category)} ({', '.join(map(_quote, words))})"
         for category, words in found.items()
     ]
 
 
-@lru_cache(maxsize=256)
-def _pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+@lru_cache(maxsize=64)
+def _pattern(
+    categories: tuple[tuple[str, tuple[str, ...]], ...],
+) -> tuple[re.Pattern[str], dict[str, str], frozenset[str]]:
+    """One regex for every category (a named group each), so the text is scanned once, and
+    the longest word of every marker, which a text must contain for the regex to find anything."""
+    stems = frozenset(
+        max(word.removesuffix("*").split(), key=len).lower()
+        for _, words in categories
+        for word in words
+        if word.strip("* ")
+    )
+    groups = {f"c{index}": category for index, (category, _) in enumerate(categories)}
     alternatives = [
-        re.escape(word.removesuffix("*")).replace(r"\ ", r"\s+")
-        + (r"\w*" if word.endswith("*") else "")
-        for word in sorted(words, key=len, reverse=True)
+        f"(?P<c{index}>{'|'.join(_alternative(w) for w in sorted(words, key=len, reverse=True))})"
+        for index, (_, words) in enumerate(categories)
     ]
-    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+    pattern = r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)"
+    return re.compile(pattern, re.IGNORECASE), groups, stems
+
+
+def _alternative(word: str) -> str:
+    return re.escape(word.removesuffix("*")).replace(r"\ ", r"\s+") + (
+        r"\w*" if word.endswith("*") else ""
+    )
 
 
 def _quote(word: str) -> str:

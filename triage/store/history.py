@@ -107,20 +107,23 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
     """Insert messages in one statement; returns their ids in the order of ``rows``."""
     if not rows:
         return []
-    result = session.execute(
-        insert(Message).returning(Message.id, sort_by_parameter_order=True), list(rows)
-    )
-    return [row[0] for row in result]
+    table = Message.__table__
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return list(session.connection().execute(statement, list(rows)).scalars())
 
 
 def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(Classification), list(rows))
+    _insert_many(session, Classification.__table__, rows)
 
 
 def insert_forwards(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    _insert_many(session, Forward.__table__, rows)
+
+
+def _insert_many(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """One executemany at the Core level: no ORM bookkeeping for rows nobody reads back."""
     if rows:
-        session.execute(insert(Forward), list(rows))
+        session.connection().execute(insert(table), list(rows))
 
 
 def forwards_since(session: Session, customers: Sequence[int], since: datetime) -> dict[int, int]:

@@ -1,0 +1,86 @@
+"""The Preparer: worker processes give the same results as the polling process, in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from classifiers.model import Classifier
+from connectors.base import RawItem
+from tests.conftest import tiny_text
+from triage.prepare import MIN_POOL_BATCH, Preparer, prepare
+
+KINDS = ("complaint", "feedback", "question")
+AREAS = ("billing", "delivery")
+
+
+def _items(count: int) -> list[RawItem]:
+    items = []
+    for index in range(count):
+        subject, body = tiny_text(KINDS[index % 3], AREAS[index % 2])
+        raw = (
+            f"From: c{index}@example.com\r\nSubject: {subject}\r\n"
+            f"Message-ID: <m{index}@example.com>\r\n\r\n{body}\r\n"
+        ).encode()
+        items.append(RawItem("mail", f"imap:x/INBOX:1:{index}", raw, datetime.now(UTC)))
+    items.append(RawItem("mail", "imap:x/INBOX:1:bad", b"\xff", datetime.now(UTC), format="post"))
+    return items
+
+
+def _summary(prepared: list) -> list[tuple]:
+    return [
+        (
+            p.email.subject if p.email else None,
+            p.error is not None,
+            {axis: q.label for axis, q in (p.predictions or {}).items()},
+        )
+        for p in prepared
+    ]
+
+
+@pytest.fixture
+def preparer() -> Preparer:
+    preparer = Preparer(2)
+    yield preparer
+    preparer.close()
+
+
+def test_worker_processes_prepare_what_the_polling_process_would(
+    tiny_model: tuple[Classifier, Path], preparer: Preparer
+) -> None:
+    model, path = tiny_model
+    items = _items(MIN_POOL_BATCH * 2)
+    pooled = preparer.submit(items, model, path).result(timeout=120)
+    assert _summary(pooled) == _summary(prepare(items, model))
+    assert pooled[-1].error is not None and pooled[-1].email is None
+    assert {p.predictions["kind"].label for p in pooled[:-1]} == set(KINDS)
+
+
+def test_small_batches_and_no_model_are_prepared_in_this_process(
+    tiny_model: tuple[Classifier, Path],
+) -> None:
+    preparer = Preparer(2)
+    model, path = tiny_model
+    future = preparer.submit(_items(3), model, path)
+    assert future.done() and preparer._pool is None
+    unclassified = Preparer(0).submit(_items(MIN_POOL_BATCH), None, None).result()
+    assert all(p.predictions is None for p in unclassified)
+    assert all(p.email is not None for p in unclassified[:-1])
+
+
+def test_a_killed_worker_costs_no_batch(
+    tiny_model: tuple[Classifier, Path], preparer: Preparer
+) -> None:
+    model, path = tiny_model
+    items = _items(MIN_POOL_BATCH)
+    preparer.start(model, path)
+    for pid in list(preparer._pool._processes):  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGKILL)
+    future = preparer.submit(items, model, path)
+    assert _summary(preparer.collect(future, items, model)) == _summary(prepare(items, model))
+    again = preparer.submit(items, model, path)  # a new pool
+    assert _summary(preparer.collect(again, items, model)) == _summary(prepare(items, model))
