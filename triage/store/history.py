@@ -108,6 +108,19 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
     if not rows:
         return []
     table = Message.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        # Ids drawn from the sequence first, then one pipelined executemany: a multi-row
+        # INSERT ... RETURNING is a new SQL text per batch size, which psycopg parses anew.
+        sequence = func.pg_get_serial_sequence(table.name, "id")
+        ids = list(
+            session.scalars(
+                select(func.nextval(sequence)).select_from(func.generate_series(1, len(rows)))
+            )
+        )
+        session.connection().execute(
+            insert(table), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
+        )
+        return ids
     statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
     return list(session.connection().execute(statement, list(rows)).scalars())
 
