@@ -11,6 +11,8 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
+from triage.pipeline import KEPT_OUTCOMES, Outcome, PollResult
+from triage.routing import Route
 from triage.scheduler import Worker
 from triage.store.schema import Forward, Message, SourceState
 
@@ -120,3 +122,13 @@ def test_a_tampered_model_never_stops_intake(
     deliver(box, "2.b", make_email(*tiny_text("complaint", "delivery")))
     later = [o for o in worker.run_once().polls[0].outcomes if o.status == "stored"]
     assert [o.route.department for o in later if o.route] == ["logistics"]
+
+
+def test_a_poll_result_counts_everything_but_keeps_only_the_first_outcomes() -> None:
+    result = PollResult("big")
+    route = Route("billing", "forwarded to billing")
+    result.add(Outcome(f"id{i}", "a@b.test", "s", "stored", route=route) for i in range(1200))
+    result.add([Outcome("dup", "", "", "duplicate")])
+    assert len(result.outcomes) == KEPT_OUTCOMES
+    assert (result.count("stored"), result.count("duplicate"), result.forwarded) == (1200, 1, 1200)
+    assert result.total == 1201

@@ -19,7 +19,14 @@ from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from triage.config import Urgency
 from triage.scheduler import Worker
-from triage.urgency import Assessment, assess, count_recent, is_vip, marker_reasons
+from triage.urgency import (
+    RECENT_CONTACTS_COUNTED,
+    Assessment,
+    assess,
+    count_recent,
+    is_vip,
+    marker_reasons,
+)
 
 NORMAL = Prediction("normal", 0.9)
 URGENT = ("urgent",)
@@ -231,3 +238,21 @@ def test_the_third_contact_in_a_week_about_the_same_area_escalates(
     third = routes["third"]
     assert third is not None and third.urgent
     assert "Urgent because: contact no. 3 about delivery within 7 days" in third.reason
+
+
+def test_a_busy_senders_history_is_read_bounded_and_the_reason_says_so(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    box = tmp_path / "Maildir"
+    busy = RECENT_CONTACTS_COUNTED + 5
+    at = time.time() - 3600
+    for index in range(busy):
+        # Questions: recorded, not forwarded, so the per-sender forward cap stays out of it.
+        raw = make_email(f"question {index}", tiny_text("question", "delivery")[1])
+        os.utime(deliver(box, f"{index}.m", raw), (at + index, at + index))
+    worker = urgency_worker(tmp_path, tiny_model)
+    worker.run_once()
+    deliver(box, "last.m", make_email("once more", tiny_text("complaint", "delivery")[1]))
+    [last] = [o for o in worker.run_once().polls[0].outcomes if o.status == "stored"]
+    assert last.route is not None and last.route.urgent
+    assert f"contact no. {RECENT_CONTACTS_COUNTED + 1} or later about delivery" in last.route.reason

@@ -37,7 +37,7 @@ from triage.config import Config, check_secrets, load_config
 from triage.errors import TriageError
 from triage.forwarding import requeue
 from triage.identities import customer_ids, link
-from triage.pipeline import PollResult
+from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
 from triage.scheduler import PassResult, Worker
@@ -334,7 +334,7 @@ def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
 def _poll_line(result: PollResult) -> str:
     if result.error:
         return f"{result.source}: [red]poll failed[/]: {result.error}"
-    if result.paused_until and not result.outcomes:
+    if result.paused_until and not result.total:
         return f"{result.source}: rate-limited, paused until {result.paused_until:%H:%M:%S} UTC"
     return (
         f"{result.source}: {result.count('stored')} new, {result.count('duplicate')} already stored, "
@@ -360,6 +360,8 @@ def _outcome_table(polls: Sequence[PollResult]) -> Table:
             if route is not None:
                 decision += ("" if not target else "  ") + f"[dim]{route.reason}[/]"
             table.add_row(o.sender or "?", _short(o.subject, 40), *labels, decision)
+    if any(len(p.outcomes) < p.total for p in polls):
+        table.caption = f"only the first {KEPT_OUTCOMES} messages of a source are listed"
     return table
 
 
@@ -408,7 +410,8 @@ def _short(text: str, width: int) -> str:
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 0.5),
-    help="Share of the files' rows held out: the model's evaluation set for the quality gate.",
+    help="Share of the files' rows held out to score the model (its evaluation set for the "
+    "quality gate); the saved model is then refitted on all rows.",
 )
 @click.option(
     "--out",
@@ -432,6 +435,8 @@ def train(
 ) -> None:
     """Train a classifier, with cross-validated and held-out quality per axis.
 
+    The scores are of a model trained without the held-out rows; the saved model is then
+    refitted on all rows with the same settings, so holding rows out costs it no accuracy.
     With --activate and a model already active, the candidate is compared with it on the
     active model's evaluation set; a macro-F1 more than 1 point lower on any axis keeps the
     candidate saved but inactive (exit 1), unless --force.
@@ -473,6 +478,12 @@ def train(
             reports.metrics_table(
                 metrics["holdout"], title=f"Held-out quality ({len(candidate.held_out or [])} rows)"
             )
+        )
+    if "refit" in metrics:
+        refitted = metrics["refit"]
+        out.print(
+            f"scores above are of the model trained on {refitted['evaluated_n_samples']} rows; "
+            f"the saved model was then refitted on all {refitted['n_samples']} rows"
         )
     if from_history:
         out.print(f"trained with {candidate.n_corrections} human correction(s)")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -69,24 +69,42 @@ class Outcome:
     error: str | None = None
 
 
+KEPT_OUTCOMES = 500
+"""Outcomes a poll result keeps for display; beyond them it only counts, so a poll of a
+100,000-message mailbox holds no more in memory than a poll of a small one."""
+
+
 @dataclass
 class PollResult:
     """The summary of one poll of one source."""
 
     source: str
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)  # the first KEPT_OUTCOMES
     error: str | None = None
     streak: int = 0  # failed polls in a row, this one included
     permanent: bool = False  # the failure needs a fix (login refused, revoked token)
     recovered_from: int = 0  # the streak this successful poll ended
     paused_until: datetime | None = None  # rate-limited: not polled again before this
+    counts: Counter[str] = field(default_factory=Counter)  # by status, and "forwarded"
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            self.counts[outcome.status] += 1
+            if outcome.route is not None and outcome.route.department:
+                self.counts["forwarded"] += 1
+            if len(self.outcomes) < KEPT_OUTCOMES:
+                self.outcomes.append(outcome)
 
     def count(self, status: str) -> int:
-        return sum(1 for outcome in self.outcomes if outcome.status == status)
+        return self.counts[status]
 
     @property
     def forwarded(self) -> int:
-        return sum(1 for o in self.outcomes if o.route is not None and o.route.department)
+        return self.counts["forwarded"]
+
+    @property
+    def total(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "forwarded")
 
 
 @dataclass
@@ -141,7 +159,7 @@ class Pipeline:
             log.debug("%s: rate-limited, not polled before %s", name, paused)
             return result
         try:
-            self._ingest(name, connector, batch_size, result.outcomes)
+            self._ingest(name, connector, batch_size, result)
         except ConnectorRateLimited as exc:
             result.paused_until = self._record_pause(name, exc)
             log.warning("%s: %s", name, exc)
@@ -165,9 +183,7 @@ class Pipeline:
         )
         return result
 
-    def _ingest(
-        self, name: str, connector: Connector, batch_size: int, outcomes: list[Outcome]
-    ) -> None:
+    def _ingest(self, name: str, connector: Connector, batch_size: int, result: PollResult) -> None:
         """Fetch, prepare and commit batch after batch, with batches prepared ahead of the commit
         (one per worker process), so fetching, parsing and storing overlap.
 
@@ -179,13 +195,13 @@ class Pipeline:
             for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
                 in_flight.append((batch, self._submit(name, batch, model)))
                 if len(in_flight) > max(1, self.preparer.processes):
-                    outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+                    result.add(self._commit(name, connector, *in_flight.popleft(), model))
         except ConnectorError:
             while in_flight:
-                outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+                result.add(self._commit(name, connector, *in_flight.popleft(), model))
             raise
         while in_flight:
-            outcomes += self._commit(name, connector, *in_flight.popleft(), model)
+            result.add(self._commit(name, connector, *in_flight.popleft(), model))
 
     def _submit(
         self, name: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
@@ -360,7 +376,7 @@ class Pipeline:
         if not senders or not times:
             return {}
         window = timedelta(days=self.config.urgency.repeat_window_days)
-        return recent_areas(session, senders, min(times) - window)
+        return recent_areas(session, senders, min(times) - window, urgency.RECENT_CONTACTS_COUNTED)
 
     def _urgency(
         self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]

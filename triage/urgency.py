@@ -25,6 +25,9 @@ CATEGORY_NAMES = {
     "legal": "threatens legal action",
 }
 """How a marker category reads in a reason; other categories are shown by their name."""
+RECENT_CONTACTS_COUNTED = 20
+"""Earlier contacts per area counted for the repeat signal: the history read per batch stays
+small however busy a sender (or a mail loop) is; beyond this the reason says "or later"."""
 URGENT_BECAUSE = "Urgent because: "
 """Starts the reasons in a route's reason text; the forward's summary gives them their own line."""
 
@@ -175,7 +178,8 @@ def _repeat_reasons(recent: int, settings: Urgency, area: str | None) -> list[st
     if contact < settings.repeat_contacts:
         return []
     about = f" about {area}" if area else ""
-    return [f"contact no. {contact}{about} within {settings.repeat_window_days} days"]
+    number = f"no. {contact}" if recent < RECENT_CONTACTS_COUNTED else f"no. {contact} or later"
+    return [f"contact {number}{about} within {settings.repeat_window_days} days"]
 
 
 def count_recent(

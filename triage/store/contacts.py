@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from triage.store.schema import Classification, Customer, Message
@@ -19,22 +19,28 @@ Identity = tuple[str, str]
 
 
 def recent_areas(
-    session: Session, identities: Collection[Identity], since: datetime
+    session: Session, identities: Collection[Identity], since: datetime, per_area: int
 ) -> dict[Identity, list[tuple[str, datetime]]]:
-    """(area label, received at) of each stored message since ``since``, per sender identity.
+    """(area label, received at) of the latest ``per_area`` stored messages about each area
+    since ``since``, per sender identity: bounded, however busy a sender is.
 
     A message classified by several model versions counts once, with the latest label.
     """
     if not identities:
         return {}
     sender, author = aliased(Customer), aliased(Customer)
-    rows = session.execute(
+    labelled = (
         select(
             sender.channel,
             sender.address,
-            Message.id,
             Classification.label,
             Message.received_at,
+            func.row_number()
+            .over(
+                partition_by=(sender.channel, sender.address, Message.id),
+                order_by=Classification.id.desc(),
+            )
+            .label("newest_label"),
         )
         .select_from(sender)
         .join(
@@ -53,12 +59,30 @@ def recent_areas(
             tuple_(sender.channel, sender.address).in_(list(identities)),
             Message.received_at >= since,
         )
-        .order_by(Classification.id)
+        .subquery()
     )
-    latest: dict[tuple[Identity, int], tuple[str, datetime]] = {}
-    for channel, address, message_id, label, received_at in rows:
-        latest[((channel, address), message_id)] = (label, received_at)
+    latest = (
+        select(
+            labelled.c.channel,
+            labelled.c.address,
+            labelled.c.label,
+            labelled.c.received_at,
+            func.row_number()
+            .over(
+                partition_by=(labelled.c.channel, labelled.c.address, labelled.c.label),
+                order_by=labelled.c.received_at.desc(),
+            )
+            .label("recency"),
+        )
+        .where(labelled.c.newest_label == 1)
+        .subquery()
+    )
+    rows = session.execute(
+        select(latest.c.channel, latest.c.address, latest.c.label, latest.c.received_at).where(
+            latest.c.recency <= per_area
+        )
+    )
     found: dict[Identity, list[tuple[str, datetime]]] = {}
-    for (identity, _), value in latest.items():
-        found.setdefault(identity, []).append(value)
+    for channel, address, label, received_at in rows:
+        found.setdefault((channel, address), []).append((label, received_at))
     return found
