@@ -7,9 +7,10 @@ Two questions the router's thresholds depend on:
   `reliability` with the per-bin values a calibration curve is drawn from.
 - Below which confidence is "none of our categories" the better answer? `choose_abstain_threshold`
   picks it from held-out probabilities (out-of-fold predictions of the training rows, or a
-  validation file), never from test data: the largest threshold whose abstentions cost at most
-  `budget` of in-scope accuracy. Every extra abstention then catches an out-of-scope message
-  at a bounded price in messages that were answered correctly.
+  validation file), never from test data: the lowest threshold that catches `min_recall` of
+  the out-of-scope rows with 95% confidence, but never one costing more than `budget` of
+  in-scope accuracy. Abstaining only as much as the recall goal needs keeps every answer
+  that is not needed for it; the budget bounds the price when the goal is out of reach.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ DEFAULT_BINS = 15
 # Abstaining may cost at most this much in-scope accuracy (1 point). A product rule, fixed
 # before looking at any test set: the review queue is cheaper than a wrong department.
 ABSTAIN_BUDGET = 0.01
+# Share of out-of-scope messages the threshold should catch (the product target of the
+# triage-quality issue), and the one-sided 95% normal quantile of the confidence it is
+# required with: a recall measured on ~100 out-of-scope rows is uncertain by +-5 points.
+MIN_OOS_RECALL = 0.60
+_Z_95 = 1.645
 # Labels meaning "none of our categories" (clinc150 calls it "oos").
 OUT_OF_SCOPE_LABELS = ("oos", "out_of_scope", "out-of-scope")
 _GRID = np.round(np.arange(0.0, 1.0, 0.01), 2)
@@ -37,6 +43,7 @@ class AbstainChoice:
     oos_recall: float
     n_in_scope: int
     n_oos: int
+    oos_recall_lower_bound: float
 
 
 def expected_calibration_error(
@@ -131,8 +138,14 @@ def choose_abstain_threshold(
     truth: Sequence[str] | np.ndarray,
     oos_label: str,
     budget: float = ABSTAIN_BUDGET,
+    min_recall: float | None = MIN_OOS_RECALL,
 ) -> AbstainChoice | None:
-    """The largest threshold (0.01 steps) costing at most `budget` of in-scope accuracy.
+    """The lowest threshold (0.01 steps) reaching `min_recall`, within the accuracy budget.
+
+    The recall must be reached with 95% confidence (the one-sided Wilson lower bound of the
+    measured recall), since few out-of-scope rows make it noisy. When no threshold within
+    the budget reaches it, the budget decides: the largest threshold costing at most
+    `budget` of in-scope accuracy.
 
     Args:
         predicted: Top labels of held-out rows (never test rows).
@@ -140,6 +153,7 @@ def choose_abstain_threshold(
         truth: Their true labels, `oos_label` for out-of-scope rows.
         oos_label: The out-of-scope label.
         budget: In-scope accuracy that abstaining may cost, relative to never abstaining.
+        min_recall: Out-of-scope recall to reach; None takes the budget's threshold.
 
     Returns:
         The choice, or None when the rows lack in-scope or out-of-scope examples.
@@ -152,13 +166,22 @@ def choose_abstain_threshold(
     base, _ = abstain_scores(predicted, confidence, truth, oos_label, 0.0)
     assert base is not None
     best = 0.0
-    # In-scope accuracy only falls as the threshold rises, so the last one within budget wins.
+    # In-scope accuracy only falls and recall only rises as the threshold rises, so the
+    # first threshold reaching the recall, or else the last one within budget, wins.
     for threshold in _GRID:
-        accuracy, _ = abstain_scores(predicted, confidence, truth, oos_label, float(threshold))
-        assert accuracy is not None
+        accuracy, recall = abstain_scores(predicted, confidence, truth, oos_label, float(threshold))
+        assert accuracy is not None and recall is not None
         if accuracy < base - budget - 1e-12:
             break
         best = float(threshold)
+        if min_recall is not None and recall_lower_bound(recall, n_oos) >= min_recall:
+            break
     accuracy, recall = abstain_scores(predicted, confidence, truth, oos_label, best)
     assert accuracy is not None and recall is not None
-    return AbstainChoice(best, accuracy, recall, n_in, n_oos)
+    return AbstainChoice(best, accuracy, recall, n_in, n_oos, recall_lower_bound(recall, n_oos))
+
+
+def recall_lower_bound(recall: float, n: int, z: float = _Z_95) -> float:
+    """One-sided Wilson lower confidence bound of a proportion measured on `n` rows."""
+    spread = z * np.sqrt(recall * (1 - recall) / n + z * z / (4 * n * n))
+    return float((recall + z * z / (2 * n) - spread) / (1 + z * z / n))

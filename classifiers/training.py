@@ -5,7 +5,9 @@ one calibrated classifier per axis, and estimates each axis with stratified k-fo
 cross-validation of the *whole* pipeline (features refitted inside every fold, so no
 vocabulary or IDF leaks from the held-out rows). The final fits and all folds of all axes run
 as one pool of jobs, which keeps both cores busy and lets the CLI draw a progress bar.
-`evaluate` scores a model on held-out data, per axis.
+`evaluate` scores a model on held-out data, per axis, and `refit` fits an evaluated model's
+settings again on all rows (held-out ones included) for the artifact that serves, keeping the
+scores and thresholds measured before.
 
 Confidence is checked too: the expected calibration error (ECE) of the out-of-fold predictions is
 kept with the CV scores and `evaluate` reports it on held-out data. An axis whose labels include
@@ -50,6 +52,12 @@ so a CLI can key its progress bar on it; each step is logged at DEBUG."""
 MIN_EXAMPLES_PER_CLASS = 2
 # Below this many labelled (row, axis) pairs, starting worker processes costs more than it saves.
 _PARALLEL_MIN_ROWS = 1000
+# Recorded in metrics["refit"] of a refitted model, for a reader of its sidecar.
+REFIT_NOTE = (
+    "cv and holdout were measured on evaluated_version, trained on evaluated_n_samples rows "
+    "without the held-out split; this model was then refitted on all n_samples rows with the "
+    "same settings and abstain thresholds"
+)
 _RESERVED_KEYS = frozenset(
     {
         "format",
@@ -94,6 +102,7 @@ def train(
     n_jobs: int | None = None,
     validation: LabelledData | None = None,
     abstain_budget: float = calibration.ABSTAIN_BUDGET,
+    min_oos_recall: float | None = calibration.MIN_OOS_RECALL,
     mode: str = "tfidf",
     embedding_model: str | os.PathLike[str] | None = None,
     embedding_weight: float = embeddings.DEFAULT_WEIGHT,
@@ -114,6 +123,8 @@ def train(
             threshold on, instead of the out-of-fold predictions of the training rows.
         abstain_budget: In-scope accuracy the abstain threshold may cost (see
             `calibration.choose_abstain_threshold`).
+        min_oos_recall: Out-of-scope recall the abstain threshold should reach, within
+            the budget; None takes the largest threshold within the budget.
         mode: "tfidf" (pure scikit-learn) or "embeddings" (TF-IDF plus sentence embeddings
             from `embedding_model`, a local sentence-transformers directory; needs the
             `embeddings` extra). The sidecar records the mode and the directory's fingerprint.
@@ -151,6 +162,7 @@ def train(
             n_jobs,
             validation,
             abstain_budget,
+            min_oos_recall,
         )
 
 
@@ -165,6 +177,7 @@ def _train(
     n_jobs: int | None,
     validation: LabelledData | None,
     abstain_budget: float,
+    min_oos_recall: float | None,
 ) -> Classifier:
     """Body of train(), run with BLAS limited to one thread."""
     started = time.monotonic()
@@ -223,7 +236,9 @@ def _train(
             truth = axis.labels.tolist()
             chosen_by = f"out-of-fold predictions of {len(axis.folds)}-fold cross-validation"
         choice = (
-            calibration.choose_abstain_threshold(predicted, confidence, truth, oos, abstain_budget)
+            calibration.choose_abstain_threshold(
+                predicted, confidence, truth, oos, abstain_budget, min_oos_recall
+            )
             if len(predicted)
             else None
         )
@@ -236,17 +251,15 @@ def _train(
             "threshold": choice.threshold,
             "chosen_by": chosen_by,
             "budget": abstain_budget,
+            "min_oos_recall": min_oos_recall,
             "in_scope_accuracy": choice.in_scope_accuracy,
             "oos_recall": choice.oos_recall,
+            "oos_recall_lower_bound": choice.oos_recall_lower_bound,
             "n_in_scope": choice.n_in_scope,
             "n_oos": choice.n_oos,
         }
-    created = datetime.now(UTC)
-    # Milliseconds: two trainings on the same data in one second are still two versions.
-    version = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z-{data.fingerprint[:8]}"
     sidecar: dict[str, Any] = {
-        "version": version,
-        "created_at": created.isoformat(timespec="seconds"),
+        **_new_version(data),
         "library_versions": library_versions(),
         "axes": {axis.name: [str(c) for c in estimators[axis.name].classes_] for axis in axes},
         "n_samples": len(data.texts),
@@ -274,13 +287,97 @@ def _train(
     for name, scores in metrics.items():
         log.info(
             "trained %s axis %s: cv accuracy %s, macro-F1 %s (n=%d, %d folds)",
-            version,
+            classifier.version,
             name,
             _fmt(scores["accuracy"]),
             _fmt(scores["macro_f1"]),
             scores["n"],
             scores["folds"],
         )
+    return classifier
+
+
+def refit(
+    evaluated: Classifier,
+    data: LabelledData,
+    *,
+    progress: ProgressCallback | None = None,
+    n_jobs: int | None = None,
+) -> Classifier:
+    """Fit an evaluated model's features and axes again on more rows, keeping its scores.
+
+    A held-out split makes the recorded quality honest, but a model that serves should learn
+    from every labelled row: on the demo data, holding out 20% cost 6 points of kind accuracy
+    on the sample mailbox. So the settings that were evaluated are fitted again on all rows;
+    the CV and held-out metrics, the abstain thresholds and every other sidecar entry stay as
+    measured and chosen, and metrics["refit"] records that they describe the model before
+    this refit (its version and row count), so no one reads them as scores of the refit.
+
+    Args:
+        evaluated: A model from `train`, already scored (e.g. metrics["holdout"] added).
+        data: All rows, usually the evaluated model's training rows plus the held-out ones;
+            it must label the same axes.
+        progress: Called after each step, for a progress bar (see ProgressCallback).
+        n_jobs: Worker processes; None uses all cores, or one for small data.
+
+    Returns:
+        A new Classifier (new version, n_samples and data_fingerprint of `data`).
+
+    Raises:
+        TrainingError: If `data` cannot make a model (see `train`).
+        ValueError: If `data` does not label exactly the evaluated model's axes.
+    """
+    if set(_check_data(data)) != set(evaluated.axes):
+        raise ValueError(
+            f"refit data has axes {', '.join(data.axes)}, the model {', '.join(evaluated.axes)}"
+        )
+    started = time.monotonic()
+    embedder, weight = _embedding_step(evaluated.features)
+    # The same embedder (not a clone): its directory was fingerprinted into the sidecar.
+    features = pipeline.build_features(embedder, weight)
+    settings = evaluated.metadata.get("training", {})
+    random_state = int(settings.get("random_state", 0))
+    axes = [_plan_axis(data, name, 0, random_state) for name in evaluated.axes]
+    report = _reporter(progress, f"refitting on all {len(data)} rows", 1 + len(axes))
+    report("validated data", 0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        matrix = features.fit_transform(data.texts)
+        report("fitted features", 1)
+        jobs = [
+            delayed(_fit_axis)(a.name, matrix[a.rows], a.labels, a.smallest, random_state)
+            for a in axes
+        ]
+        estimators, _ = _run(jobs, _n_jobs(n_jobs, axes), report)
+    metrics = evaluated.metadata.get("metrics", {})
+    sidecar = {
+        **evaluated.metadata,
+        **_new_version(data),
+        "axes": {a.name: [str(c) for c in estimators[a.name].classes_] for a in axes},
+        "n_samples": len(data.texts),
+        "data_fingerprint": data.fingerprint,
+        "metrics": {
+            **metrics,
+            "refit": {
+                "evaluated_version": evaluated.version,
+                "evaluated_n_samples": evaluated.metadata.get("n_samples"),
+                "n_samples": len(data.texts),
+                "note": REFIT_NOTE,
+            },
+        },
+        "training": {
+            **settings,
+            "seconds": round(settings.get("seconds", 0) + time.monotonic() - started, 1),
+        },
+    }
+    _forget(features)
+    classifier = Classifier(features, {a.name: estimators[a.name] for a in axes}, sidecar)
+    log.info(
+        "refitted %s as %s on all %d rows (evaluated on %s)",
+        evaluated.version,
+        classifier.version,
+        len(data.texts),
+        evaluated.metadata.get("n_samples"),
+    )
     return classifier
 
 
@@ -403,6 +500,17 @@ def _predict_axis(
     best = proba.argmax(axis=1)
     labels = [str(c) for c in estimator.classes_]
     return [labels[i] for i in best], proba.max(axis=1).tolist(), truth
+
+
+def _new_version(data: LabelledData) -> dict[str, str]:
+    """Sidecar "version" and "created_at" of a model fitted now on `data`."""
+    created = datetime.now(UTC)
+    # Milliseconds: two trainings on the same data in one second are still two versions.
+    stamp = f"{created:%Y%m%dT%H%M%S}.{created.microsecond // 1000:03d}Z"
+    return {
+        "version": f"{stamp}-{data.fingerprint[:8]}",
+        "created_at": created.isoformat(timespec="seconds"),
+    }
 
 
 def _check_data(data: LabelledData) -> tuple[str, ...]:

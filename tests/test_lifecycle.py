@@ -141,6 +141,45 @@ def test_a_good_retrain_passes_the_gate(
     assert code == 0, err
     assert "on the active model's evaluation set" in out
     assert "passed the quality gate" in out
+    assert f"then refitted on all {2 * len(tiny_rows())} rows" in out
+
+
+def test_the_saved_model_is_refitted_on_all_rows_after_its_held_out_evaluation(
+    tmp_path: Path,
+) -> None:
+    # A word of its own in every row shows which rows a fitted vocabulary has seen.
+    rows = [(f"{text} row{n}", *labels) for n, (text, *labels) in enumerate(tiny_rows())]
+    spec = lifecycle.DataSpec((write_rows(tmp_path / "data.csv", rows),), ("text",), AXES)
+
+    candidate = lifecycle.train_candidate(spec, holdout=0.2)
+
+    model, evaluated, held_out = candidate.classifier, candidate.evaluated, candidate.held_out
+    assert held_out is not None and 0 < len(held_out) < len(rows)
+    assert evaluated.metadata["n_samples"] == len(rows) - len(held_out)
+    assert model.metadata["n_samples"] == len(rows)
+    own_words = [text.rsplit(" ", 1)[1] for text in held_out.texts]
+    assert not any(w in evaluated.features.transformer_list[0][1].vocabulary_ for w in own_words)
+    assert all(w in model.features.transformer_list[0][1].vocabulary_ for w in own_words)
+    # The recorded scores and thresholds are the evaluated model's, and say so.
+    for key in ("cv", "holdout"):
+        assert model.metadata["metrics"][key] == evaluated.metadata["metrics"][key]
+    assert model.metadata["abstain_threshold"] == evaluated.metadata["abstain_threshold"]
+    refit = model.metadata["metrics"]["refit"]
+    assert refit["evaluated_version"] == evaluated.version != model.version
+    assert (refit["evaluated_n_samples"], refit["n_samples"]) == (
+        len(rows) - len(held_out),
+        len(rows),
+    )
+
+    # The refitted model has learned its own evaluation set, so the gate takes its scores
+    # there from before the refit, and scores the next candidate as evaluated, too.
+    loaded = Classifier.load(model.save(tmp_path / "models"))
+    again = lifecycle.train_candidate(spec, holdout=0.2, active=loaded)
+    verdict = lifecycle.gate(again, loaded)
+    assert verdict.compared_on.startswith("the active model's evaluation set (")
+    assert verdict.active == model.metadata["metrics"]["holdout"]
+    assert verdict.candidate == again.evaluated.metadata["metrics"]["holdout"]
+    assert again.classifier.metadata["n_samples"] == len(rows)
 
 
 def test_rollback_steps_back_through_activations(

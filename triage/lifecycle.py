@@ -5,10 +5,13 @@ guessed, and `triage train --from-history` adds every message's latest human lab
 training data, with the same text the worker classifies (subject, newline, the stored text).
 
 Every model trained from the CLI keeps a held-out split of its base data in its sidecar
-("evaluation_set"). `triage train --activate` scores the candidate and the active model on the
-active model's evaluation set, rows neither has trained on (they are kept out of the
-candidate's training part), and refuses to activate a candidate whose macro-F1 is more than one
-point lower on any axis, unless forced.
+("evaluation_set") and its scores there (metrics["holdout"]), measured before the model is
+refitted on all rows: the held-out rows make the scores honest, and the refit keeps them from
+costing the served model accuracy. `triage train --activate` compares the candidate with the
+active model on the active model's evaluation set, rows neither had trained on when it was
+scored (they are kept out of the candidate's training part; a refitted active model is
+represented by the scores it recorded there before its refit), and refuses to activate a
+candidate whose macro-F1 is more than one point lower on any axis, unless forced.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from classifiers.training import (
     Regression,
     evaluate,
     holdout_split,
+    refit,
     regressions,
     train,
 )
@@ -272,11 +276,20 @@ class DataSpec:
 
 @dataclass
 class Candidate:
-    """A freshly trained model with what it was trained and held out on."""
+    """A freshly trained model with what it was trained and held out on.
+
+    Attributes:
+        classifier: The model to save: fitted on all rows when rows were held out.
+        held_out: The held-out rows (the evaluation set), or None.
+        n_corrections: Human corrections among the training rows.
+        evaluated: The model the scores are of, fitted without the held-out rows (the
+            classifier itself when nothing was held out); the gate scores this one.
+    """
 
     classifier: Classifier
     held_out: LabelledData | None
     n_corrections: int
+    evaluated: Classifier
 
 
 @dataclass(frozen=True)
@@ -311,15 +324,18 @@ def train_candidate(
         db: The store, for the corrections.
         from_history: Add every message's latest human labels to the training part; they are
             never held out, since learning them is the point.
-        holdout: Share of the base rows held out and stored as the model's evaluation set.
-        active: The active model; rows of its evaluation set are kept out of training, so
-            the gate compares both models on rows neither has seen.
+        holdout: Share of the base rows held out and stored as the model's evaluation set;
+            the evaluated model never sees them, the refitted one does.
+        active: The active model; rows of its evaluation set are kept out of the evaluated
+            model's training, so the gate compares both models on rows neither had seen.
         progress: Progress callback of `train`.
         options: More keywords of `train`, e.g. the feature mode from config
             (`Classifier.train_options()`).
 
     Returns:
-        The candidate (not saved), its held-out rows and the number of corrections used.
+        The candidate (not saved): the model evaluated on the held-out rows, then refitted
+        on all rows (base and corrections) unless every row was trained on already; its
+        held-out rows and the number of corrections used.
     """
     base = concat(
         [read_labelled(path, spec.text_columns, spec.label_columns) for path in spec.files]
@@ -334,7 +350,7 @@ def train_candidate(
                 len(training) - len(keep),
             )
             training = subset(training, keep)
-    n_corrections = 0
+    everything, n_corrections = base, 0
     if from_history:
         if db is None:
             raise ValueError("from_history needs the database")
@@ -342,6 +358,7 @@ def train_candidate(
         n_corrections = len(fixes)
         if n_corrections:
             training = concat([training, fixes])
+            everything = concat([base, fixes])
     source = ", ".join(path.name for path in spec.files)
     if n_corrections:
         source += f" + {n_corrections} correction(s)"
@@ -350,35 +367,48 @@ def train_candidate(
     }
     if held_out is not None:
         metadata["evaluation_set"] = to_json(held_out)
-    classifier = train(
+    evaluated = train(
         training, progress=progress, source=source, metadata=metadata, **(options or {})
     )
     if held_out is not None:
-        classifier.metadata["metrics"]["holdout"] = evaluate(classifier, held_out)
-    return Candidate(classifier, held_out, n_corrections)
+        evaluated.metadata["metrics"]["holdout"] = evaluate(evaluated, held_out)
+    classifier = evaluated
+    if len(everything) > len(training):
+        classifier = refit(evaluated, everything, progress=progress)
+    return Candidate(classifier, held_out, n_corrections, evaluated)
 
 
 def gate(candidate: Candidate, active: Classifier, tolerance: float = GATE_TOLERANCE) -> GateResult:
     """Compare the candidate with the active model on the fairest data available.
 
-    In order of preference: the active model's stored evaluation set (both are scored on it);
-    else the candidate's held-out scores against the active model's recorded held-out scores;
+    In order of preference: the active model's stored evaluation set (the candidate as
+    evaluated, before its refit, is scored on it, and so is the active model, unless it was
+    refitted on those rows: then its scores there from before its refit stand for it); else
+    the candidate's held-out scores against the active model's recorded held-out scores;
     else both models' cross-validation scores.
     """
-    model = candidate.classifier
+    model = candidate.evaluated
     stored = active.metadata.get("evaluation_set")
+    recorded = active.metadata.get("metrics", {})
     if isinstance(stored, dict):
         data = from_json(stored)
         axes = [a for a in data.axes if a in model.axes and a in active.axes]
         if axes and len(data):
             data = LabelledData(data.texts, {a: data.labels[a] for a in axes})
-            mine, theirs = evaluate(model, data), evaluate(active, data)
-            where = f"the active model's evaluation set ({len(data)} rows neither model trained on)"
+            mine = evaluate(model, data)
+            if "refit" in recorded and "holdout" in recorded:
+                # Scoring it now would reward it for having trained on these very rows.
+                theirs = {a: recorded["holdout"][a] for a in axes if a in recorded["holdout"]}
+            else:
+                theirs = evaluate(active, data)
+            where = (
+                f"the active model's evaluation set ({len(data)} rows neither model had "
+                "trained on when scored)"
+            )
             return GateResult(
                 active.version, where, mine, theirs, regressions(mine, theirs, tolerance)
             )
     metrics = model.metadata.get("metrics", {})
-    recorded = active.metadata.get("metrics", {})
     if "holdout" in metrics and "holdout" in recorded:
         mine, theirs = metrics["holdout"], recorded["holdout"]
         where = "each model's own held-out split"

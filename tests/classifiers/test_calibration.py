@@ -67,8 +67,8 @@ def test_threshold_is_the_largest_within_the_accuracy_budget() -> None:
     predicted = ["a"] * 100 + ["a"] * 20
     confidence = [0.95] * 97 + [0.35] * 3 + list(np.linspace(0.2, 0.5, 20))
 
-    loose = calibration.choose_abstain_threshold(predicted, confidence, truth, "oos", 0.05)
-    tight = calibration.choose_abstain_threshold(predicted, confidence, truth, "oos", 0.01)
+    loose = calibration.choose_abstain_threshold(predicted, confidence, truth, "oos", 0.05, None)
+    tight = calibration.choose_abstain_threshold(predicted, confidence, truth, "oos", 0.01, None)
 
     assert loose is not None and tight is not None
     assert tight.threshold <= 0.35 < loose.threshold  # abstaining on 0.35 costs 3 points
@@ -76,6 +76,29 @@ def test_threshold_is_the_largest_within_the_accuracy_budget() -> None:
     assert loose.oos_recall > tight.oos_recall
     assert (tight.n_in_scope, tight.n_oos) == (100, 20)
     assert calibration.choose_abstain_threshold(["a"], [0.9], ["a"], "oos") is None
+
+
+def test_threshold_stops_where_the_recall_goal_is_reached_with_confidence() -> None:
+    # In-scope rows are right at 0.9; out-of-scope rows are guessed at 0.01 .. 1.00.
+    truth = ["a"] * 1000 + ["oos"] * 100
+    predicted = ["a"] * 1100
+    confidence = [0.9] * 1000 + list(np.arange(1, 101) / 100)
+
+    choice = calibration.choose_abstain_threshold(predicted, confidence, truth, "oos", 0.01, 0.6)
+    budget_only = calibration.choose_abstain_threshold(
+        predicted, confidence, truth, "oos", 0.01, None
+    )
+
+    assert choice is not None and budget_only is not None
+    # 0.69 of 100 rows is the least recall whose 95% lower bound reaches 0.6.
+    assert (choice.threshold, choice.oos_recall) == (0.70, 0.69)
+    assert choice.oos_recall_lower_bound >= 0.6 > calibration.recall_lower_bound(0.68, 100)
+    assert budget_only.threshold == 0.90  # abstaining on 0.9 would cost every in-scope row
+    # Out of reach within the budget: the budget decides.
+    unreachable = calibration.choose_abstain_threshold(
+        predicted, confidence, truth, "oos", 0.01, 0.95
+    )
+    assert unreachable is not None and unreachable.threshold == budget_only.threshold
 
 
 def test_prediction_stays_backward_compatible() -> None:
