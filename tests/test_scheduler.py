@@ -5,18 +5,21 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import tomli_w
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import func, select
 
 from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import DEPARTMENTS, make_config, make_email
-from triage.scheduler import Worker
+from triage.scheduler import Wakes, Worker
 from triage.store.database import Database
 from triage.store.schema import Forward, Message
 
@@ -72,3 +75,34 @@ def test_daemon_polls_forwards_and_stops_warmly_on_sigterm(
     assert "SIGTERM received" in stderr and "worker stopped" in stderr
     assert count(worker.db, Message) == 2
     worker.db.dispose()
+
+
+def test_a_wake_while_the_job_runs_runs_it_again_right_after() -> None:
+    """IDLE news during a poll, or a forward queued during a flush, is not left for the next
+    interval (APScheduler drops a run that comes due while the previous one is going)."""
+    scheduler = BackgroundScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1}, timezone="UTC"
+    )
+    wakes = Wakes(scheduler)
+    began, release = threading.Semaphore(0), threading.Event()
+
+    def flush() -> None:
+        began.release()
+        release.wait(10)
+
+    scheduler.add_job(
+        wakes.job("flush-outbox", flush), "interval", hours=1, id="flush-outbox",
+        next_run_time=datetime.now(UTC),
+    )  # fmt: skip
+    scheduler.start()
+    try:
+        assert began.acquire(timeout=10)  # the first run is in hand
+        wakes.wake("flush-outbox")  # a forward queued after it chose what to send
+        release.set()
+        assert began.acquire(timeout=5), "the wake-up was lost until the next interval"
+        assert not began.acquire(timeout=0.5)  # one wake-up, one more run
+        wakes.wake("flush-outbox")  # an idle job runs at once
+        assert began.acquire(timeout=5)
+    finally:
+        release.set()
+        scheduler.shutdown()

@@ -24,6 +24,7 @@ from typing import Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     JobExecutionEvent,
@@ -55,6 +56,64 @@ STALE_JOB = "check-stale"
 WATCHDOG_JOB = "watchdog"
 
 
+class Wakes:
+    """Runs a scheduled job now on request, and never loses a request made while it runs.
+
+    APScheduler runs one instance of a job at a time (``max_instances=1``) and drops a run that
+    comes due while the previous one is still going (EVENT_JOB_MAX_INSTANCES); the next run is
+    then a whole interval away. But a wake-up means there is work the run in hand may have
+    missed: mail that IDLE reported after the poll's FETCH, a forward queued after the flush
+    chose what to send. So a job woken while it runs runs again as soon as it ends, in the same
+    thread. Jobs are added with ``job(id, func)`` in place of ``func``.
+    """
+
+    def __init__(self, scheduler: BackgroundScheduler) -> None:
+        self.scheduler = scheduler
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._pending: set[str] = set()  # woken since its last run began
+        scheduler.add_listener(self._ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def job(self, job_id: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` as the job ``job_id`` runs it: again and again while it is woken meanwhile."""
+
+        def run(*args: Any) -> Any:
+            with self._lock:
+                self._running.add(job_id)
+            try:
+                while True:
+                    with self._lock:
+                        self._pending.discard(job_id)
+                    result = func(*args)
+                    with self._lock:  # checked under the lock wake() takes: no request slips by
+                        if job_id not in self._pending:
+                            return result
+            finally:
+                with self._lock:
+                    self._running.discard(job_id)
+
+        return run
+
+    def wake(self, job_id: str) -> None:
+        """Run the job now; if it is running, run it again right after."""
+        with self._lock:
+            self._pending.add(job_id)
+            if job_id in self._running:
+                return  # the running job sees the request when it ends
+        try:
+            self.scheduler.modify_job(job_id, next_run_time=_now())
+        except JobLookupError:
+            log.debug("no job %s to wake", job_id)
+
+    def _ended(self, event: JobExecutionEvent) -> None:
+        # A request made just after the job's last look but before APScheduler counted the run
+        # as finished was dropped as "still running": make it again now that it counts as done.
+        with self._lock:
+            again = event.job_id in self._pending and event.job_id not in self._running
+        if again:
+            self.wake(event.job_id)
+
+
 @dataclass
 class PassResult:
     """What one pass over every source did."""
@@ -80,6 +139,7 @@ class Worker:
         self._configure(config)
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
+        self._wakes: Wakes | None = None
         self._watchers: dict[str, tuple[threading.Thread, threading.Event, AnySource]] = {}
         self._started = _now()
 
@@ -165,13 +225,9 @@ class Worker:
         self._watchers.clear()
 
     def _wake(self, job_id: str) -> None:
-        """Run a scheduled job now (still one instance at a time)."""
-        if self._scheduler is None:
-            return
-        try:
-            self._scheduler.modify_job(job_id, next_run_time=_now())
-        except JobLookupError:
-            log.debug("no job %s to wake", job_id)
+        """Run a scheduled job now (still one instance at a time; again after the one running)."""
+        if self._wakes is not None:
+            self._wakes.wake(job_id)
 
     def poll_if_due(self, name: str) -> PollResult | None:
         """The scheduled poll: a failing source waits out its backoff; others are not held up."""
@@ -227,6 +283,7 @@ class Worker:
             timezone="UTC",
         )
         self._scheduler = scheduler
+        self._wakes = Wakes(scheduler)
         self._sync_jobs()
         scheduler.add_job(self.check_stale, "interval", minutes=1, id=STALE_JOB)
         if ping:
@@ -343,16 +400,17 @@ class Worker:
         self, job_id: str, seconds: float, func: Callable[..., Any], args: list[Any] | None = None
     ) -> None:
         """Add an interval job that runs now, or re-time an existing one whose interval changed."""
-        assert self._scheduler is not None
+        assert self._scheduler is not None and self._wakes is not None
         grace = max(1, int(seconds))
         job = self._scheduler.get_job(job_id)
         if job is None:
             self._scheduler.add_job(
-                func,
+                self._wakes.job(job_id, func),
                 "interval",
                 args=args,
                 seconds=seconds,
                 id=job_id,
+                name=job_id,
                 misfire_grace_time=grace,
                 next_run_time=_now(),
             )
