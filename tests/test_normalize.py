@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import os
 import quopri
 import random
@@ -16,6 +17,7 @@ from triage.normalize import (
     decode_bytes,
     html_to_text,
     parse_email,
+    split_address,
     trim_for_classification,
 )
 
@@ -349,6 +351,51 @@ def test_multipart_alternative_with_empty_plain_uses_html() -> None:
     parsed = parse_email(make(body, content_type=ctype))
     assert parsed.body_text == "Only here"
     assert parsed.html_only is True
+
+
+def test_html_inside_a_related_alternative_is_rendered_when_chosen() -> None:
+    related_ctype, related = multipart(
+        "related",
+        [
+            part(b"<p>Order <b>4512</b> is late</p>", "text/html"),
+            part(b"GIF89a", "image/gif", "Content-Disposition: inline; filename=logo.gif"),
+        ],
+        boundary="REL",
+    )
+    ctype, body = multipart(
+        "alternative", [part(b" \n", "text/plain"), part(related, related_ctype)]
+    )
+    parsed = parse_email(make(body, content_type=ctype))
+    assert parsed.body_text == "Order 4512 is late"
+    assert parsed.html_only is True
+    assert parsed.attachments == ("logo.gif",)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "ivan@example.com",
+        " ivan@example.com ",
+        "Ivan Petrenko <ivan@example.com>",
+        "Ivan Petrenko<ivan@example.com>",
+        '"Petrenko, Ivan" <ivan@example.com>',
+        '"  spaced  " <s@example.com>',
+        '"" <ivan@example.com>',
+        "J. O'Brien <j.ob+tag@mail.example.org>",
+        "=?utf-8?b?0IbQstCw0L0=?= <ivan@example.ua>",
+        "<ivan@example.ua>",
+        # Shapes the regex leaves to parseaddr:
+        "Ivan  Petrenko <ivan@example.com>",
+        "ivan@example.com (Ivan)",
+        "Ivan <ivan@example.com>, Bob <bob@example.com>",
+        '"a\\"b" <c@example.com>',
+        "undisclosed-recipients:;",
+        "Ivan <ivan@[10.0.0.1]>",
+        "not an address",
+    ],
+)
+def test_split_address_agrees_with_parseaddr(header: str) -> None:
+    assert split_address(header) == email.utils.parseaddr(header)
 
 
 def test_multipart_mixed_attachments_are_named_and_excluded() -> None:
