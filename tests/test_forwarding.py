@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import string
 from datetime import timedelta
 from email import message_from_bytes
-from email.policy import default
+from email.policy import compat32, default
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import free_port
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
-from triage.forwarding import Forwarder, make_transport, requeue
+from triage.forwarding import WIRE_POLICY, Forwarder, make_transport, requeue
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 
@@ -224,3 +226,15 @@ def test_customer_text_cannot_inject_headers(tmp_path: Path, db: Database) -> No
     assert mail["Bcc"] is None
     assert "Bcc: victim@example.org" in mail["Subject"]  # harmless text, one header
     assert len(mail["Subject"]) < 260
+
+
+def test_short_headers_are_written_as_the_compat32_folder_writes_them() -> None:
+    rng = random.Random(5)
+    alphabet = string.ascii_letters + string.digits + " \t=?<>@.,;:\"'()[]!#$%&*+-/\\^_`{|}~"
+    stock = compat32.clone(linesep="\r\n")
+    mine = WIRE_POLICY.clone(linesep="\r\n")
+    values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90))) for _ in range(5000)]
+    values += ["[complaint/billing] Refund", "a" * 76, "a" * 69 + " b", "x  y", " lead", "ü"]
+    for name in ("Subject", "X-Triage-Department", "Message-ID"):
+        for value in values:
+            assert mine.fold_binary(name, value) == stock.fold_binary(name, value), value
