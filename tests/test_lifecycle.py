@@ -317,3 +317,39 @@ def test_label_and_review_from_the_cli(
 
     code, _, err = run(capsys, monkeypatch, config, "label", str(target.id))
     assert code == 2 and "at least one of --kind" in err
+
+
+def test_train_chooses_the_abstain_threshold_on_a_validation_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path)
+    chatter = ["what a sunny day", "my cat likes fish", "football tonight?", "nice song", "hi"]
+
+    def with_oos(seed: int) -> list[tuple[str, str, str, str]]:
+        rows = tiny_rows(seed)
+        return rows + [(f"{text} {n}", "question", "oos", "normal") for n, text in
+                       enumerate(chatter * 4)]  # fmt: skip
+
+    data = write_rows(tmp_path / "data.csv", with_oos(0))
+    validation = write_rows(tmp_path / "validation.csv", with_oos(7))
+
+    code, _, err = run(
+        capsys, monkeypatch, config,
+        "train", "--data", str(data), *COLUMNS, "--validation", str(validation), "--activate",
+    )  # fmt: skip
+
+    assert code == 0, err
+    version = active_version(config)
+    assert version is not None
+    model = Classifier.load(tmp_path / "models" / version)
+    chosen = model.metadata["abstain"]["area"]
+    assert chosen["chosen_by"] == f"validation data ({len(with_oos(7))} rows)"
+
+    missing = tmp_path / "bad.csv"
+    missing.write_text("text,kind\nhello,question\n", encoding="utf-8")
+    code, _, err = run(
+        capsys, monkeypatch, config,
+        "train", "--data", str(data), *COLUMNS, "--validation", str(missing),
+    )  # fmt: skip
+    assert code != 0
+    assert "area" in err and "bad.csv" in err

@@ -414,6 +414,13 @@ def _short(text: str, width: int) -> str:
     "quality gate); the saved model is then refitted on all rows.",
 )
 @click.option(
+    "--validation",
+    "validation_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labelled rows (same columns as the data) to choose the out-of-scope abstain "
+    "threshold on, instead of cross-validation of the training rows; never the test set.",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -429,6 +436,7 @@ def train(
     label_columns: tuple[str, ...],
     from_history: bool,
     holdout: float,
+    validation_path: Path | None,
     out_dir: Path | None,
     activate: bool,
     force: bool,
@@ -461,10 +469,15 @@ def train(
         spec = lifecycle.DataSpec.of(active)
     else:
         raise click.UsageError("name the training data with --data (or use --from-history)")
+    options = config.classifier.train_options()
+    if validation_path is not None:
+        options["validation"] = read_labelled(
+            validation_path.resolve(), spec.text_columns, spec.label_columns
+        )
     with _progress() as progress:
         candidate = lifecycle.train_candidate(
             spec, db=db, from_history=from_history, holdout=holdout, active=active,
-            progress=progress, options=config.classifier.train_options(),
+            progress=progress, options=options,
         )  # fmt: skip
     classifier = candidate.classifier
     path = classifier.save(out_dir or config.classifier.models_dir)
