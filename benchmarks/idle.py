@@ -8,7 +8,9 @@ complaints that the demo model forwards to a department, each with its own Messa
 sender) one at a time, at random intervals around ``--interval``, and measures the time from
 the APPEND command to the forward's arrival at the SMTP sink (matched by its References header).
 The stored and sent times in the database split each latency into "append -> stored" (IDLE wake,
-poll, parse, classify, commit) and "stored -> received" (outbox flush and SMTP).
+poll, parse, classify, commit) and "stored -> received" (outbox flush and SMTP). The baseline,
+measured in the same run, is the server's own push: when a bare imapclient session in IDLE on
+the first mailbox hears the EXISTS of each message appended there (no parsing, no database).
 
 Usage: ``python benchmarks/idle.py [--n 100] [--interval 1.0] [--json] [--postgres]``.
 Needs Dovecot (``apt-get install dovecot-imapd``) and, with ``--postgres``, the local server.
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
@@ -70,6 +73,30 @@ class TimedSink(SmtpServer):
         for reference in str(references).split():
             self.arrived.setdefault(reference, at)
         super()._store(received)
+
+
+class PushFloor(threading.Thread):
+    """A bare IDLE session on one mailbox, noting when the server announces each message."""
+
+    def __init__(self, client: IMAPClient) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.exists = int(client.select_folder("INBOX", readonly=True)[b"EXISTS"])
+        self.first = self.exists + 1  # the number the next appended message gets
+        self.heard: dict[int, float] = {}  # message sequence number -> when EXISTS announced it
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        self.client.idle()
+        while not self.stop.is_set():
+            for response in self.client.idle_check(timeout=0.2):
+                if len(response) > 1 and response[1] == b"EXISTS":
+                    at = time.time()
+                    for number in range(self.exists + 1, int(response[0]) + 1):
+                        self.heard[number] = at
+                    self.exists = max(self.exists, int(response[0]))
+        self.client.idle_done()
+        self.client.logout()
 
 
 def complaints() -> list[bytes]:
@@ -168,15 +195,21 @@ def calibrate(clients: list[IMAPClient], store: Store, sink: TimedSink) -> list[
 
 
 def measure(args: argparse.Namespace, clients: list[IMAPClient], store: Store, sink: TimedSink,
-            templates: list[bytes]) -> dict[str, Any]:  # fmt: skip
+            templates: list[bytes], floor: PushFloor) -> dict[str, Any]:  # fmt: skip
     rng = random.Random(args.seed)
     appended: dict[str, float] = {}
+    floor_numbers: dict[int, float] = {}  # sequence number in the first mailbox -> appended at
     for i in range(args.n):
         message_id, raw = unique(templates[i % len(templates)], f"idle-{i}")
         appended[message_id] = time.time()
+        if i % len(clients) == 0:
+            floor_numbers[floor.first + len(floor_numbers)] = appended[message_id]
         clients[i % len(clients)].append("INBOX", raw)
         time.sleep(rng.uniform(0.5, 1.5) * args.interval)
     wait_for(lambda: all(mid in sink.arrived for mid in appended), args.timeout, 0.2)
+    floor.stop.set()
+    floor.join(5)
+    pushed = [floor.heard[n] - at for n, at in floor_numbers.items() if n in floor.heard]
     stored = store.stored(appended)
     total, to_store, to_smtp = [], [], []
     for mid, at in appended.items():
@@ -191,6 +224,7 @@ def measure(args: argparse.Namespace, clients: list[IMAPClient], store: Store, s
         "missing": args.n - len(total),
         "not_forwarded": sum(1 for mid in appended if mid in stored and not stored[mid][1]),
         "latency": summary(total),
+        "push_floor": summary(pushed),
         "append_to_stored": summary(to_store),
         "stored_to_received": summary(to_smtp),
         "latencies": [round(x, 4) for x in total],
@@ -233,8 +267,10 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             clients = [server.client(user) for user in users]
             try:
                 templates = calibrate(clients, store, sink)
+                floor = PushFloor(server.client(users[0]))
+                floor.start()
                 load_before = os.getloadavg()
-                report = measure(args, clients, store, sink, templates)
+                report = measure(args, clients, store, sink, templates, floor)
             finally:
                 for client in clients:
                     client.logout()
@@ -293,15 +329,16 @@ def main() -> None:
         f"{args.poll_interval:g} s, outbox every {args.outbox_interval:g} s)"
     )
     print(f"forwarded and received: {report['received']}, missing: {report['missing']}")
-    print(f"{'seconds':<26}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}")
+    print(f"{'seconds':<28}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}")
     for key, title in (
+        ("push_floor", "baseline: append -> EXISTS"),
         ("latency", "append -> SMTP received"),
         ("append_to_stored", "  append -> stored"),
         ("stored_to_received", "  stored -> SMTP received"),
     ):
         row = report[key]
         cells = "".join(f"{'-' if row[k] is None else f'{row[k]:.3f}':>8}" for k in row)
-        print(f"{title:<26}{cells}")
+        print(f"{title:<28}{cells}")
     before, after = report["load_before"], report["load_after"]
     print(f"load average: {before[0]:.2f} before, {after[0]:.2f} after")
 
