@@ -289,7 +289,8 @@ def _sigmoid_proba(
     proba = expit(-(a * scores + b))
     denominator = proba.sum(axis=1)[:, np.newaxis]
     uniform = np.full_like(proba, 1 / proba.shape[1])
-    return np.divide(proba, denominator, out=uniform, where=denominator != 0)
+    normalized: np.ndarray = np.divide(proba, denominator, out=uniform, where=denominator != 0)
+    return normalized
 
 
 def _abstain_rules(metadata: Mapping[str, Any]) -> dict[str, tuple[float | None, str | None]]:

@@ -88,9 +88,10 @@ class OAuth2Token:
                 "the mailbox needs a new refresh token"
             )
         self._access = str(body["access_token"])
-        self._expires = time.monotonic() + float(body.get("expires_in", 3600))
+        self._expires = time.monotonic() + float(str(body.get("expires_in", 3600)))
         # Some providers rotate the refresh token; keep the newest for the next refresh.
-        self._refresh_override = body.get("refresh_token") or self._refresh_override
+        rotated = body.get("refresh_token")
+        self._refresh_override = str(rotated) if rotated else self._refresh_override
         log.info("OAuth2 access token refreshed, valid for %s s", body.get("expires_in", 3600))
 
 

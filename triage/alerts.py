@@ -76,10 +76,10 @@ class Alerter:
         log.warning("alert: %s", subject)
         if not self.settings.email:
             return
-        mail = MIMEText(text + "\n", "plain", UTF8_QP)
+        mail = MIMEText(text + "\n", "plain", UTF8_QP)  # type: ignore[arg-type]  # a Charset works
         mail["From"] = self.sender
         mail["To"] = self.settings.email
-        mail["Subject"] = Header(f"[triage alert] {subject}", "utf-8")
+        mail["Subject"] = Header(f"[triage alert] {subject}", "utf-8")  # type: ignore[assignment]
         mail["Date"] = format_datetime(utcnow())
         mail["Message-ID"] = make_msgid("triage-alert", domain=self.sender.rpartition("@")[2])
         mail["Auto-Submitted"] = "auto-generated"

@@ -318,10 +318,10 @@ class Corrections:
             "Commands: wrong: AREA | not ours | kind: KIND | not a KIND | urgency: urgent|normal",
             "(українською: неправильно: AREA | не наше | тип: скарга|відгук|питання|спам)",
         ]
-        mail = MIMEText("\n".join(lines) + "\n", "plain", UTF8_QP)
+        mail = MIMEText("\n".join(lines) + "\n", "plain", UTF8_QP)  # type: ignore[arg-type]
         mail["From"] = settings.from_address
         mail["To"] = settings.redirect_all_to or department.email
-        mail["Subject"] = Header("Re: " + " ".join(email.subject.split())[:200], "utf-8")
+        mail["Subject"] = Header("Re: " + " ".join(email.subject.split())[:200], "utf-8")  # type: ignore[assignment]
         mail["Date"] = format_datetime(utcnow())
         mail["Message-ID"] = make_msgid(
             "triage-ack", domain=settings.from_address.rpartition("@")[2]

@@ -196,7 +196,7 @@ def bar_chart(volume: Mapping[date, Counter[str]], title: str) -> str:
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>'
         )
     for i, day in enumerate(days):
-        x, base = left + i * slot + slot * 0.15, top + plot_h
+        x, base = left + i * slot + slot * 0.15, float(top + plot_h)
         for label in labels:
             count = volume[day].get(label, 0)
             if not count:

@@ -318,7 +318,7 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
         mail["Cc"] = ", ".join(forward.cc_addrs)
-    mail["Subject"] = Header(_subject(message, labels, forward.urgent), "utf-8")
+    mail["Subject"] = Header(_subject(message, labels, forward.urgent), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
     mail["Date"] = format_datetime(forward.created_at)
     mail["Message-ID"] = forward.rfc_message_id
     mail[LOOP_HEADER] = forward.department
@@ -329,7 +329,7 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     if message.header_message_id:
         mail["References"] = message.header_message_id
     summary = _summary(session, message, labels, forward, settings.history_in_forward)
-    mail.attach(MIMEText(summary, "plain", UTF8_QP))
+    mail.attach(MIMEText(summary, "plain", UTF8_QP))  # type: ignore[arg-type]  # a Charset works
     if message.channel == "email":
         mail.attach(_attached_original(message.raw))
     else:
@@ -398,7 +398,7 @@ class _WireGenerator(BytesGenerator):
     """Writes an attached message given as a string verbatim, 8-bit bytes included."""
 
     def _handle_message_rfc822(self, msg: Email) -> None:
-        payload = msg._payload  # as the stdlib generator reads it; get_payload() would decode
+        payload = msg._payload  # type: ignore[attr-defined]  # as the stdlib generator reads it; get_payload() would decode
         if isinstance(payload, str):
             self.write(payload)  # BytesGenerator.write restores the bytes (surrogateescape)
         else:

@@ -246,7 +246,7 @@ def _cyrillic_score(data: bytes, codec: str) -> float:
     freq = sum(map(mul, map(low.count, _CYR_LETTERS), _CYR_WEIGHTS))
     bigrams = len(_CYR_BIGRAM_RE.findall(low))
     flips = len(_CASE_FLIP_RE.findall(text))
-    return (freq + 10 * bigrams - 15 * flips) / non_ascii
+    return float(freq + 10 * bigrams - 15 * flips) / non_ascii
 
 
 def _guess_cyrillic(data: bytes) -> str | None:
@@ -824,15 +824,14 @@ def _walk(part: Message, walk: _Walk, depth: int = 0) -> None:
     ctype = part.get_content_type()
     maintype = ctype.split("/", 1)[0]
     if part.is_multipart():  # get_payload() without decode may raise on a leaf, not here
-        payload = part.get_payload()
-        if ctype == "message/rfc822" and payload and isinstance(payload[0], Message):
-            _walk_message(payload[0], part, walk, depth)
+        children = [p for p in part.get_payload() if isinstance(p, Message)]
+        if ctype == "message/rfc822" and children:
+            _walk_message(children[0], part, walk, depth)
         elif ctype == "multipart/alternative":
-            _walk_alternative([p for p in payload if isinstance(p, Message)], walk, depth)
+            _walk_alternative(children, walk, depth)
         elif maintype != "message":  # skip delivery-status blocks
-            for child in payload:
-                if isinstance(child, Message):
-                    _walk(child, walk, depth + 1)
+            for child in children:
+                _walk(child, walk, depth + 1)
         return
     try:
         _walk_leaf(part, ctype, walk)

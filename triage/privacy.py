@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, Executable, delete, func, select, update
+from sqlalchemy.orm import Session
 
 from triage.store.database import Database
 from triage.store.schema import Classification, Conversation, Customer, Forward, Message, utcnow
@@ -18,16 +20,16 @@ def purge_before(db: Database, cutoff: datetime) -> int:
     """
     waiting = select(Forward.message_id).where(Forward.status == "pending")
     with db.transaction() as session:
-        result = session.execute(
+        return _rows_changed(
+            session,
             update(Message)
             .where(
                 Message.received_at < cutoff,
                 Message.purged_at.is_(None),
                 Message.id.not_in(waiting),
             )
-            .values(raw=b"", body="", text="", subject="", purged_at=utcnow())
+            .values(raw=b"", body="", text="", subject="", purged_at=utcnow()),
         )
-        return result.rowcount or 0
 
 
 @dataclass(frozen=True)
@@ -47,19 +49,23 @@ def forget(db: Database, address: str) -> Forgotten:
             func.lower(Customer.address) == address.strip().lower()
         )
         messages = select(Message.id).where(Message.customer_id.in_(customers))
-        forwards = session.execute(delete(Forward).where(Forward.message_id.in_(messages))).rowcount
+        forwards = _rows_changed(session, delete(Forward).where(Forward.message_id.in_(messages)))
         session.execute(delete(Classification).where(Classification.message_id.in_(messages)))
-        removed = session.execute(
-            delete(Message).where(Message.customer_id.in_(customers))
-        ).rowcount
+        removed = _rows_changed(session, delete(Message).where(Message.customer_id.in_(customers)))
         threads_of = select(Conversation.id).where(Conversation.customer_id.in_(customers))
         session.execute(  # others' messages in those threads stay, detached
             update(Message)
             .where(Message.conversation_id.in_(threads_of))
             .values(conversation_id=None)
         )
-        threads = session.execute(
-            delete(Conversation).where(Conversation.customer_id.in_(customers))
-        ).rowcount
-        identities = session.execute(delete(Customer).where(Customer.id.in_(customers))).rowcount
-    return Forgotten(identities or 0, threads or 0, removed or 0, forwards or 0)
+        threads = _rows_changed(
+            session, delete(Conversation).where(Conversation.customer_id.in_(customers))
+        )
+        identities = _rows_changed(session, delete(Customer).where(Customer.id.in_(customers)))
+    return Forgotten(identities, threads, removed, forwards)
+
+
+def _rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; how many rows it changed."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount or 0

@@ -142,7 +142,8 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        host = self._server.server_address[0]
+        address = self._server.server_address[0]
+        host = address.decode() if isinstance(address, bytes) else address
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def start(self) -> WebServer:

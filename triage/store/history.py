@@ -51,7 +51,7 @@ def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identi
         if (c, a) not in found
     ]
     if missing:
-        session.execute(_insert_ignoring_conflicts(session, Customer.__table__), missing)
+        session.execute(_insert_ignoring_conflicts(session, Customer.table()), missing)
         found = known()
     return found
 
@@ -86,7 +86,7 @@ def conversation_ids(
         if key not in found
     ]
     if missing:
-        session.execute(_insert_ignoring_conflicts(session, Conversation.__table__), missing)
+        session.execute(_insert_ignoring_conflicts(session, Conversation.table()), missing)
         found = known()
     later = [
         {"conversation": found[key][0], "at": at}
@@ -95,8 +95,8 @@ def conversation_ids(
     ]
     if later:
         session.connection().execute(
-            update(Conversation.__table__)
-            .where(Conversation.__table__.c.id == bindparam("conversation"))
+            update(Conversation.table())
+            .where(Conversation.table().c.id == bindparam("conversation"))
             .values(last_message_at=bindparam("at")),
             later,
         )
@@ -107,7 +107,7 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
     """Insert messages in one statement; returns their ids in the order of ``rows``."""
     if not rows:
         return []
-    table = Message.__table__
+    table = Message.table()
     if session.get_bind().dialect.name == "postgresql":
         # Ids drawn from the sequence first, then one pipelined executemany: a multi-row
         # INSERT ... RETURNING is a new SQL text per batch size, which psycopg parses anew.
@@ -126,11 +126,11 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
 
 
 def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    _insert_many(session, Classification.__table__, rows)
+    _insert_many(session, Classification.table(), rows)
 
 
 def insert_forwards(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    _insert_many(session, Forward.__table__, rows)
+    _insert_many(session, Forward.table(), rows)
 
 
 def _insert_many(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -149,4 +149,4 @@ def forwards_since(session: Session, customers: Sequence[int], since: datetime) 
         .where(Message.customer_id.in_(set(customers)), Forward.created_at > since)
         .group_by(Message.customer_id)
     )
-    return {row[0]: row[1] for row in rows}
+    return {customer: count for customer, count in rows if customer is not None}

@@ -153,7 +153,7 @@ class Leases:
 def _ensure_row(session: Session, source: str) -> None:
     """Create the source's state row if it is missing; a row another worker made is kept."""
     values: dict[str, Any] = {"source": source, "error_streak": 0, "updated_at": utcnow()}
-    table = SourceState.__table__
+    table = SourceState.table()
     if session.get_bind().dialect.name == "postgresql":
         session.execute(postgresql.insert(table).values(values).on_conflict_do_nothing())
     else:

@@ -8,7 +8,7 @@ department) and carries a Message-ID fixed at enqueue time, so a re-send can be 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -67,6 +68,11 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         list[Any]: JSON,
     }
+
+    @classmethod
+    def table(cls) -> Table:
+        """The mapped Table, for Core bulk statements (``__table__`` is typed as any FromClause)."""
+        return cast(Table, cls.__table__)
 
 
 class Customer(Base):
