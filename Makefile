@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 ## test: set up and run the whole suite (lint included)
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term
 
 ## lint: what .pre-commit-config.yaml checks, without changing files
 lint: $(STAMP)
