@@ -75,8 +75,10 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for chatty in ("imapclient", "apscheduler", "alembic"):
+    for chatty in ("imapclient", "alembic"):
         logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # Its skipped and missed runs are reported by the worker's own listener, in one sentence.
+    logging.getLogger("apscheduler").setLevel(max(logging.getLevelName(level), logging.ERROR))
 
 
 pass_context = click.make_pass_decorator(Context)

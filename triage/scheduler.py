@@ -437,4 +437,5 @@ def _log_job_problem(event: JobExecutionEvent) -> None:
     elif event.code == EVENT_JOB_MISSED:
         log.warning("job %s missed its run time (the worker was busy or suspended)", event.job_id)
     else:
-        log.warning("job %s is still running; this run was skipped", event.job_id)
+        # A poll or flush longer than its interval: normal during a first sync, so not a warning.
+        log.info("job %s is still running; this run was skipped", event.job_id)
