@@ -121,8 +121,12 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
             insert(table), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
         )
         return ids
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    return list(session.connection().execute(statement, list(rows)).scalars())
+    # RETURNING rows come in no promised order, and asking SQLAlchemy to sort them makes it send
+    # one INSERT per row; so the ids are matched back by each row's unique (source, content_key).
+    statement = insert(table).returning(table.c.id, table.c.source, table.c.content_key)
+    result = session.connection().execute(statement, rows)
+    new_ids = {(source, key): id_ for id_, source, key in result}
+    return [new_ids[row["source"], row["content_key"]] for row in rows]
 
 
 def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> None:
