@@ -258,6 +258,14 @@ def _train(
             "n_in_scope": choice.n_in_scope,
             "n_oos": choice.n_oos,
         }
+    if validation is not None and not any(
+        entry.get("chosen_by", "").startswith("validation") for entry in abstain.values()
+    ):
+        log.warning(
+            "the validation rows were not used: no axis they label has an out-of-scope "
+            "label (%s) to choose an abstain threshold for",
+            "/".join(calibration.OUT_OF_SCOPE_LABELS),
+        )
     sidecar: dict[str, Any] = {
         **_new_version(data),
         "library_versions": library_versions(),

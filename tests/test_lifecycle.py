@@ -353,3 +353,25 @@ def test_train_chooses_the_abstain_threshold_on_a_validation_file(
     )  # fmt: skip
     assert code != 0
     assert "area" in err and "bad.csv" in err
+
+
+def test_train_points_out_mistakes_in_its_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path)
+    data = write_rows(tmp_path / "data.csv", tiny_rows())
+
+    code, _, err = run(capsys, monkeypatch, config, "train", "--data", str(data), "--label", "kind")
+    assert code == 2 and "--data needs --text-column too" in err
+    code, _, err = run(
+        capsys, monkeypatch, config, "train", "--data", str(data), *COLUMNS, "--force"
+    )
+    assert code == 2 and "--force only applies with --activate" in err
+    assert not (tmp_path / "models").exists()  # refused before training
+
+    code, _, err = run(
+        capsys, monkeypatch, config,
+        "train", "--data", str(data), *COLUMNS, "--validation", str(data),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "the validation rows were not used" in err  # no out-of-scope label to choose for

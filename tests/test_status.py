@@ -109,6 +109,7 @@ def test_error_streak_failed_forwards_and_missing_model_need_attention(tmp_path:
     assert report.sources[0].failing and not report.sources[0].stale
     assert report.sources[0].backoff_until is not None
     assert report.sources[0].next_poll.startswith("backing off until")
+    assert report.sources[0].next_poll_at == report.sources[0].backoff_until
     problems = " | ".join(report.problems)
     assert "3 failed poll(s) in a row: connection refused" in problems
     assert "1 forward(s) failed" in problems
@@ -125,3 +126,4 @@ def test_a_source_never_polled_is_stale_only_after_the_window(tmp_path: Path) ->
     (unknown,) = status.source_health(config, db)
     assert not fresh.stale and old.stale and unknown.stale
     assert fresh.lag_seconds is None and fresh.next_poll == "due now"
+    assert now <= fresh.next_poll_at <= status.utcnow()

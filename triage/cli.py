@@ -451,6 +451,8 @@ def train(
     active model's evaluation set; a macro-F1 more than 1 point lower on any axis keeps the
     candidate saved but inactive (exit 1), unless --force.
     """
+    if force and not activate:
+        raise click.UsageError("--force only applies with --activate")
     config = ctx.config()
     needs_db = activate or from_history
     db = ctx.database(config) if needs_db else None
@@ -463,7 +465,12 @@ def train(
             err.print(f"[yellow]warning:[/] {exc}; the quality gate is skipped", highlight=False)
     if data_paths:
         if not text_columns or not label_columns:
-            raise click.UsageError("--data needs --text-column and --label")
+            missing = [
+                name
+                for name, given in (("--text-column", text_columns), ("--label", label_columns))
+                if not given
+            ]
+            raise click.UsageError(f"--data needs {' and '.join(missing)} too")
         spec = lifecycle.DataSpec(
             tuple(p.resolve() for p in data_paths), text_columns, label_columns
         )

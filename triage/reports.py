@@ -38,7 +38,7 @@ def metrics_table(
 def models_table(versions: Sequence[ModelVersion]) -> Table:
     table = Table(title="Models")
     for column in ("", "version", "created", "samples", "data", "macro-F1 (CV)"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "version")  # versions differ at the end
     for row in versions:
         cv = row.details.get("metrics", {}).get("cv", {})
         scores = ", ".join(f"{axis} {m.get('macro_f1', 0):.2f}" for axis, m in cv.items())

@@ -40,7 +40,8 @@ class SourceHealth:
     last_error: str | None
     paused_until: datetime | None  # a rate limit
     backoff_until: datetime | None  # failing: not polled before this
-    next_poll: str  # as far as the store can tell: "due", an instant, "paused until ..."
+    next_poll: str  # as far as the store can tell: "due now", "about <time>", "paused until ..."
+    next_poll_at: datetime  # the same as a time (the check's own time when overdue)
     stale: bool
     failing: bool
 
@@ -147,6 +148,7 @@ def source_health(
             else None
         )
         backoff = pipeline.backoff_until(source.name, interval) if streak else None
+        next_at = _next_poll_at(now, success, interval, paused, backoff)
         result.append(
             SourceHealth(
                 name=source.name,
@@ -158,7 +160,8 @@ def source_health(
                 last_error=state.last_error if state else None,
                 paused_until=paused,
                 backoff_until=backoff if backoff and backoff > now else None,
-                next_poll=_next_poll(now, success, interval, paused, backoff),
+                next_poll=_next_poll(now, next_at, paused, backoff),
+                next_poll_at=next_at,
                 stale=now - success > window
                 if success
                 else started is None or now - started > window,
@@ -237,19 +240,30 @@ def collect(
     return Status(utcnow(), sources, box, quarantined, review, model, problems)
 
 
-def _next_poll(
+def _next_poll_at(
     now: datetime,
     success: datetime | None,
     interval: float,
     paused: datetime | None,
     backoff: datetime | None,
+) -> datetime:
+    """When the source is polled next, as far as the store can tell; ``now`` when overdue."""
+    if paused:
+        return paused
+    if backoff and backoff > now:
+        return backoff
+    due = success + timedelta(seconds=interval) if success else now
+    return max(due, now)
+
+
+def _next_poll(
+    now: datetime, at: datetime, paused: datetime | None, backoff: datetime | None
 ) -> str:
     if paused:
-        return f"paused until {paused:%Y-%m-%d %H:%M:%S} UTC (rate limit)"
+        return f"paused until {at:%Y-%m-%d %H:%M:%S} UTC (rate limit)"
     if backoff and backoff > now:
-        return f"backing off until {backoff:%Y-%m-%d %H:%M:%S} UTC"
-    due = success + timedelta(seconds=interval) if success else now
-    return "due now" if due <= now else f"about {due:%Y-%m-%d %H:%M:%S} UTC"
+        return f"backing off until {at:%Y-%m-%d %H:%M:%S} UTC"
+    return "due now" if at <= now else f"about {at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _iso(value: datetime | None) -> str | None:
