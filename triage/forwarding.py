@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
 from triage.faults import crash_point
@@ -235,8 +235,12 @@ class Forwarder:
     def _deliver(self, forward_id: int, now: datetime, result: FlushResult) -> None:
         with self.db.transaction() as session:
             # Another worker on the same PostgreSQL may hold this forward: skip it, never send twice.
+            # The message and its customer come in the same query (only the forward is locked).
             forward = session.scalars(
-                select(Forward).where(Forward.id == forward_id).with_for_update(skip_locked=True)
+                select(Forward)
+                .where(Forward.id == forward_id)
+                .options(joinedload(Forward.message).joinedload(Message.customer))
+                .with_for_update(of=Forward, skip_locked=True)
             ).first()
             if forward is None or forward.status != "pending":
                 return

@@ -16,10 +16,10 @@ from triage.store.schema import Customer
 
 def same_person(session: Session, customer_id: int) -> ColumnElement[bool]:
     """A condition on ``Customer`` matching every identity of this customer's person."""
-    person = session.scalar(select(Customer.person_id).where(Customer.id == customer_id))
-    if person is None:
+    customer = session.get(Customer, customer_id)  # from the session's identity map when loaded
+    if customer is None or customer.person_id is None:
         return Customer.id == customer_id
-    return Customer.person_id == person
+    return Customer.person_id == customer.person_id
 
 
 def find(session: Session, address: str) -> list[Customer]:
