@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC
 from email import message_from_bytes
 from pathlib import Path
@@ -46,6 +46,7 @@ import tomli_w  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from tests.helpers import wait_until  # noqa: E402
 from tests.servers.certs import make_cert  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 from tests.servers.postgres import drop_database, make_database  # noqa: E402
@@ -136,15 +137,6 @@ def write_config(workdir: Path, db_url: str, server: DovecotServer, users: list[
     return config
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
-
-
 class Store:
     """Read-only looks into the daemon's database."""
 
@@ -183,14 +175,14 @@ def calibrate(clients: list[IMAPClient], store: Store, sink: TimedSink) -> list[
     for k, (_, raw) in enumerate(tagged):
         clients[k % len(clients)].append("INBOX", raw)
     ids = [mid for mid, _ in tagged]
-    if not wait_for(lambda: len(store.stored(ids)) == len(ids), 120, 0.2):
+    if not wait_until(lambda: len(store.stored(ids)) == len(ids), 120, 0.2):
         raise SystemExit("the daemon did not store the warm-up messages; see its log")
     stored = store.stored(ids)
     forwarded = [k for k, mid in enumerate(ids) if stored[mid][1]]
     if not forwarded:
         raise SystemExit("the demo model forwarded none of the demo complaints")
     # The warm-up forwards wait for the outbox; the measurement starts with a quiet daemon.
-    wait_for(lambda: all(ids[k] in sink.arrived for k in forwarded), 60, 0.2)
+    wait_until(lambda: all(ids[k] in sink.arrived for k in forwarded), 60, 0.2)
     return [templates[k] for k in forwarded]
 
 
@@ -206,7 +198,7 @@ def measure(args: argparse.Namespace, clients: list[IMAPClient], store: Store, s
             floor_numbers[floor.first + len(floor_numbers)] = appended[message_id]
         clients[i % len(clients)].append("INBOX", raw)
         time.sleep(rng.uniform(0.5, 1.5) * args.interval)
-    wait_for(lambda: all(mid in sink.arrived for mid in appended), args.timeout, 0.2)
+    wait_until(lambda: all(mid in sink.arrived for mid in appended), args.timeout, 0.2)
     floor.stop.set()
     floor.join(5)
     pushed = [floor.heard[n] - at for n, at in floor_numbers.items() if n in floor.heard]
@@ -262,7 +254,7 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 daemon = subprocess.Popen([*triage, "--log-level", args.log_level, "run"],
                                           env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
             store = Store(db_url, len(users))
-            if not wait_for(store.polled, 60, 0.1):
+            if not wait_until(store.polled, 60, 0.1):
                 raise SystemExit(f"the daemon never polled; see {workdir / 'daemon.log'}")
             clients = [server.client(user) for user in users]
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from email.header import Header
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
@@ -57,3 +59,13 @@ def make_email(
     for header, value in (headers or {}).items():
         message[header] = value
     return message.as_bytes()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, step: float = 0.2) -> bool:
+    """Poll ``condition`` every ``step`` seconds until it holds or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from classifiers.model import Classifier
 from tests.conftest import tiny_text
-from tests.helpers import DEPARTMENTS, make_config, make_email
+from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
 from triage.scheduler import Worker
@@ -119,15 +119,6 @@ def unsent(worker: Worker) -> int:
         return session.scalar(query) or 0
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
-
-
 def kill_while_leasing(
     worker: Worker, process: subprocess.Popen[str], owner: str, seconds: float = 5
 ) -> str | None:
@@ -208,7 +199,7 @@ def test_workers_share_sources_and_survive_a_killed_one(
     for _ in range(scale.workers - 1):
         workers(config, env)
     backlog = sum(mail.sent.values())
-    assert wait_for(lambda: stored(worker) >= backlog, 30), "the workers stored nothing"
+    assert wait_until(lambda: stored(worker) >= backlog, 30), "the workers stored nothing"
     held = None
     for round_ in range(ROUNDS):
         mail.deliver(2)
@@ -223,7 +214,7 @@ def test_workers_share_sources_and_survive_a_killed_one(
     assert held is not None, "w0 never held a source to be killed with"
 
     total = sum(mail.sent.values())
-    assert wait_for(lambda: stored(worker) == total and unsent(worker) == 0, 40), (
+    assert wait_until(lambda: stored(worker) == total and unsent(worker) == 0, 40), (
         f"after 40 s: {stored(worker)} of {total} messages stored, {unsent(worker)} forwards unsent"
     )
     with worker.db.session() as session:
