@@ -7,10 +7,13 @@ import email.utils
 import os
 import quopri
 import random
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from triage import normalize
 from triage.normalize import (
     NormalizationError,
     ParsedEmail,
@@ -430,6 +433,58 @@ def test_multipart_mixed_attachments_are_named_and_excluded() -> None:
     assert parsed.body_text == UK_TEXT
     assert parsed.attachments == ("Рахунок №5.pdf", "журнал.txt", "(unnamed image/gif)")
     assert "log line" not in parsed.body_text
+
+
+def with_big_attachments(text_part: bytes, size: int = 40_000) -> tuple[str, bytes]:
+    """(Content-Type, body) of a mixed multipart: ``text_part`` (a raw part), then a PDF and an
+    inline image of ``size`` bytes each."""
+    data = base64.encodebytes(random.Random(size).randbytes(size))
+    return multipart(
+        "mixed",
+        [
+            text_part,
+            part(data, "application/pdf", "Content-Transfer-Encoding: base64",
+                 'Content-Disposition: attachment; filename="scan.pdf"'),
+            part(data, "image/png", "Content-Transfer-Encoding: base64",
+                 'Content-Disposition: inline; filename="photo.png"'),
+        ],
+    )  # fmt: skip
+
+
+def test_binary_attachment_data_is_cut_before_parsing_but_never_text() -> None:
+    long_text = "\n".join([UK_TEXT] * 40)
+    encoded = base64.encodebytes(long_text.encode("cp1251"))  # ~150 lines of base64 text
+    text = part(encoded, "text/plain; charset=windows-1251", "Content-Transfer-Encoding: base64")
+    ctype, body = with_big_attachments(text)
+    raw = make(body, content_type=ctype)
+    cut = normalize._without_binary_bodies(raw)
+    assert len(cut) < len(raw) - 100_000  # both 54 KB attachments are gone
+    assert encoded.replace(b"\n", b"\r\n") in cut  # the text part, base64 too, is kept
+    assert b'filename="scan.pdf"' in cut and b'filename="photo.png"' in cut
+    parsed = parse_email(raw)
+    assert parsed.body_text == long_text
+    assert parsed.attachments == ("scan.pdf", "photo.png")
+
+
+def test_cutting_attachment_data_changes_no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every demo mail, its body beside big attachments, parses the same with and without
+    the cut."""
+    mails = sorted((Path(__file__).parent.parent / "demo" / "mailbox").glob("*/*"))
+    assert mails
+    for path in mails:
+        head, _, body = path.read_bytes().replace(b"\r\n", b"\n").partition(b"\n\n")
+        fields = re.split(rb"\n(?![ \t])", head)
+        content = [f for f in fields if f.lower().startswith(b"content-")]
+        ctype, mixed = with_big_attachments(b"\n".join([*content, b"", body]), size=20_000)
+        others = [f for f in fields if not f.lower().startswith((b"content-", b"mime-version"))]
+        raw = b"\n".join([*others, b"MIME-Version: 1.0", f"Content-Type: {ctype}".encode(), b""])
+        raw += b"\n" + mixed
+        assert len(normalize._without_binary_bodies(raw)) < len(raw) - 40_000, path.name
+        with_cut = parse_email(raw)
+        monkeypatch.setattr(normalize, "CUT_BINARY_ABOVE", len(raw))
+        assert parse_email(raw) == with_cut, path.name
+        monkeypatch.undo()
+        assert with_cut.attachments[-2:] == ("scan.pdf", "photo.png"), path.name
 
 
 def test_attached_message_rfc822_text_is_kept() -> None:

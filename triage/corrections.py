@@ -14,7 +14,6 @@ acknowledgement once the batch is committed. Every reply is stored as a message 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -35,6 +34,7 @@ from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport, ou
 from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
 from triage.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.pipeline import Outcome
+from triage.prepare import content_key
 from triage.routing import Route, Router
 from triage.store.schema import Forward, Label, Message, utcnow
 
@@ -147,14 +147,14 @@ class Corrections:
             session.scalars(
                 select(Message.content_key).where(
                     Message.source == source,
-                    Message.content_key.in_([_key(item) for item in items]),
+                    Message.content_key.in_([content_key(item.raw) for item in items]),
                 )
             )
         )
         acks: list[tuple[Email, str]] = []
         outcomes = []
         for item in items:
-            if (key := _key(item)) in known:
+            if (key := content_key(item.raw)) in known:
                 outcomes.append(Outcome(item.source_id, "", "", "duplicate"))
                 continue
             known.add(key)
@@ -346,7 +346,7 @@ class Corrections:
             Message(
                 source=item.source,
                 source_id=item.source_id,
-                content_key=_key(item),
+                content_key=content_key(item.raw),
                 channel="email",
                 header_message_id=email.message_id if email else None,
                 subject=email.subject if email else "",
@@ -367,10 +367,6 @@ class Corrections:
         return Outcome(
             item.source_id, sender, subject, "stored", None, route or Route(None, routing)
         )
-
-
-def _key(item: RawItem) -> str:
-    return hashlib.sha256(item.raw).hexdigest()
 
 
 def _forwarded(session: Session, message_id: int, department: str) -> bool:

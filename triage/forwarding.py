@@ -197,6 +197,11 @@ class FlushResult:
     retrying: int = 0
     failed: int = 0
 
+    def __add__(self, other: FlushResult) -> FlushResult:
+        return FlushResult(
+            self.sent + other.sent, self.retrying + other.retrying, self.failed + other.failed
+        )
+
 
 class Forwarder:
     """Delivers due outbox entries, committing each outcome as soon as it is known."""
@@ -316,13 +321,14 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     long Cyrillic subject, which the modern header folder of some Python versions drops.
     """
     message = forward.message
-    labels = _labels(session, message.id)
+    count, recent = _earlier(session, message, settings.history_in_forward)
+    labels = _labels_of(session, [message.id, *(row.id for row in recent)])
     mail = MIMEMultipart()
     mail["From"] = settings.from_address
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
         mail["Cc"] = ", ".join(forward.cc_addrs)
-    mail["Subject"] = Header(_subject(message, labels, forward.urgent), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
+    mail["Subject"] = Header(_subject(message, labels[message.id], forward.urgent), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
     mail["Date"] = format_datetime(forward.created_at)
     mail["Message-ID"] = forward.rfc_message_id
     mail[LOOP_HEADER] = forward.department
@@ -332,7 +338,9 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
         mail["X-Priority"] = "1"
     if message.header_message_id:
         mail["References"] = message.header_message_id
-    summary = _summary(session, message, labels, forward, settings.history_in_forward)
+    summary = _summary(
+        message, labels[message.id], forward, (count, _earlier_lines(recent, labels))
+    )
     mail.attach(MIMEText(summary, "plain", UTF8_QP))  # type: ignore[arg-type]  # a Charset works
     if message.channel == "email":
         mail.attach(_attached_original(message.raw))
@@ -440,10 +448,6 @@ def as_bytes(message: Email) -> bytes:
     return buffer.getvalue()
 
 
-def _labels(session: Session, message_id: int) -> dict[str, Classification]:
-    return _labels_of(session, [message_id])[message_id]
-
-
 def _labels_of(session: Session, message_ids: list[int]) -> dict[int, dict[str, Classification]]:
     """Each message's latest label per axis, in one query."""
     found: dict[int, dict[str, Classification]] = {id_: {} for id_ in message_ids}
@@ -468,17 +472,17 @@ def _subject(message: Message, labels: dict[str, Classification], urgent: bool) 
 
 
 def _summary(
-    session: Session,
     message: Message,
     labels: dict[str, Classification],
     forward: Forward,
-    history_limit: int,
+    earlier: tuple[int, list[str]],
 ) -> str:
+    """The text a department reads first; ``earlier``: the customer's earlier requests (how
+    many, and lines for the latest)."""
     customer = message.customer
     who = customer.address if customer else "(unknown sender)"
     if customer and customer.display_name:
         who = f"{customer.display_name} <{customer.address}>"
-    earlier = _earlier(session, message, history_limit)
     lines = [
         f"Customer:  {who}",
         *_post_lines(message),
@@ -507,33 +511,45 @@ def _routing_lines(reason: str) -> list[str]:
     return [*lines, f"{URGENT_BECAUSE}{because}"] if because else lines
 
 
-def _earlier(session: Session, message: Message, limit: int) -> tuple[int, list[str]]:
+def _earlier(session: Session, message: Message, limit: int) -> tuple[int, Sequence[Any]]:
     """How many requests this customer (all linked identities) sent before this one, and the
-    latest ``limit`` of them as lines; a few indexed queries whatever the history's length."""
+    latest ``limit`` of them (rows of id, received_at, status, subject); one indexed query
+    whatever the history's length."""
     if message.customer_id is None:
         return 0, []
     person = select(Customer.id).where(same_person(session, message.customer_id))
-    earlier = (
-        Message.customer_id.in_(person.scalar_subquery())
-        & (Message.received_at <= message.received_at)
-        & (tuple_(Message.received_at, Message.id) < tuple_(message.received_at, message.id))
-    )
-    count = session.scalar(select(func.count()).select_from(Message).where(earlier)) or 0
     # Columns, not Message rows: those would bring every earlier message's raw bytes along.
+    # The window count is taken before LIMIT applies: all earlier requests, counted in passing.
     recent = session.execute(
-        select(Message.id, Message.received_at, Message.status, Message.subject)
-        .where(earlier)
+        select(
+            Message.id,
+            Message.received_at,
+            Message.status,
+            Message.subject,
+            func.count().over().label("total"),
+        )
+        .where(
+            Message.customer_id.in_(person.scalar_subquery()),
+            Message.received_at <= message.received_at,
+            tuple_(Message.received_at, Message.id) < tuple_(message.received_at, message.id),
+        )
         .order_by(Message.received_at.desc())
         .limit(limit)
     ).all()
-    labels = _labels_of(session, [row.id for row in recent])
+    return (recent[0].total if recent else 0), recent
+
+
+def _earlier_lines(
+    recent: Sequence[Any], labels: dict[int, dict[str, Classification]]
+) -> list[str]:
+    """One line for each of the latest earlier requests: date, labels, subject."""
     lines = []
     for row in recent:
         tags = "/".join(labels[row.id][a].label for a in ("kind", "area") if a in labels[row.id])
         lines.append(
             f"{row.received_at:%Y-%m-%d} [{tags or row.status}] {row.subject or '(no subject)'}"
         )
-    return count, lines
+    return lines
 
 
 def requeue(db: Database, forward_ids: Sequence[int], all_failed: bool) -> int:

@@ -1060,6 +1060,44 @@ def guess_language(text: str) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+CUT_BINARY_ABOVE = 16 * 1024
+"""Messages larger than this have the base64 bodies of their binary parts cut before parsing."""
+
+# A blank line, then at least 64 lines of base64 only (~5 KB): the body of an encoded part.
+_BASE64_RUN = re.compile(rb"\n\r?\n((?:[A-Za-z0-9+/=]{40,}\r?\n){64,})")
+_PART_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([a-z0-9!#$&^_.+-]+)/")
+_PART_BASE64 = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
+
+
+def _without_binary_bodies(raw: bytes) -> bytes:
+    """``raw`` with the base64 data of attachments (PDFs, images, ...) cut out.
+
+    The parser reads a message line by line, so a scan or a photo cost it ten times what the
+    text did; yet only an attachment's headers (its name) are used. A run of base64 lines is
+    cut only when the part headers just above it declare base64 and a type other than text,
+    message or multipart: text is never cut, whatever its encoding. Base64 has no "-", so
+    such a run never hides a MIME boundary.
+    """
+    if len(raw) <= CUT_BINARY_ABOVE:
+        return raw
+    kept: list[bytes] = []
+    done = 0
+    for match in _BASE64_RUN.finditer(raw):
+        head = raw[raw.rfind(b"\n--", done, match.start()) + 1 : match.start()]
+        part_type = _PART_TYPE.search(head)
+        if (
+            not head.startswith(b"--")
+            or part_type is None
+            or part_type.group(1).lower() in (b"text", b"message", b"multipart")
+            or not _PART_BASE64.search(head)
+        ):
+            continue
+        kept.append(raw[done : match.start(1)])
+        done = match.end(1)
+    return b"".join([*kept, raw[done:]]) if kept else raw
+
+
+
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -1073,7 +1111,7 @@ def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
         raise NormalizationError("The message is empty: there are no header or body bytes.")
     warnings: list[str] = []
     try:
-        msg = email.message_from_bytes(raw)
+        msg = email.message_from_bytes(_without_binary_bodies(raw))
         parsed_body = True
     except RecursionError:  # hostile MIME nesting: keep the headers, drop the body
         warnings.append("MIME nesting too deep for the parser; body ignored")

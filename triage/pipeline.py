@@ -7,7 +7,6 @@ or classified is quarantined with its error and raw bytes; the rest of the batch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -118,8 +117,7 @@ class _Parsed:
 
     @classmethod
     def of(cls, item: RawItem, prepared: Prepared) -> _Parsed:
-        key = hashlib.sha256(item.raw).hexdigest()
-        return cls(item, key, prepared.email, prepared.error, prepared.predictions)
+        return cls(item, prepared.key, prepared.email, prepared.error, prepared.predictions)
 
 
 _InFlight = tuple[list[tuple[RawItem, Checkpoint]], "Future[list[Prepared]] | None"]
@@ -145,6 +143,9 @@ class Pipeline:
         # Parses and classifies batches (in worker processes when configured) while this
         # process fetches the next batch and stores the previous one.
         self.preparer = Preparer(0)
+        # Called after a batch that queued forwards is committed: the worker delivers them
+        # while the next batches are read, not when a long first poll of a mailbox ends.
+        self.on_queued: Callable[[], None] | None = None
 
     def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
         """Read everything new from ``connector`` and record it; never raises for source errors.
@@ -195,13 +196,13 @@ class Pipeline:
             for batch in _batched(connector.fetch(self._checkpoint(name)), batch_size):
                 in_flight.append((batch, self._submit(name, batch, model)))
                 if len(in_flight) > max(1, self.preparer.processes):
-                    result.add(self._commit(name, connector, *in_flight.popleft(), model))
+                    self._commit(name, connector, *in_flight.popleft(), model, result)
         except ConnectorError:
             while in_flight:
-                result.add(self._commit(name, connector, *in_flight.popleft(), model))
+                self._commit(name, connector, *in_flight.popleft(), model, result)
             raise
         while in_flight:
-            result.add(self._commit(name, connector, *in_flight.popleft(), model))
+            self._commit(name, connector, *in_flight.popleft(), model, result)
 
     def _submit(
         self, name: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
@@ -218,12 +219,16 @@ class Pipeline:
         batch: list[tuple[RawItem, Checkpoint]],
         future: Future[list[Prepared]] | None,
         model: Classifier | None,
-    ) -> list[Outcome]:
+        result: PollResult,
+    ) -> None:
         items = [item for item, _ in batch]
         prepared = self.preparer.collect(future, items, model) if future is not None else None
         outcomes = self._process(name, batch, prepared, model)
         connector.acknowledge(items)  # only after the commit
-        return outcomes
+        queued = result.forwarded
+        result.add(outcomes)
+        if result.forwarded > queued and self.on_queued is not None:
+            self.on_queued()
 
     def _checkpoint(self, name: str) -> Checkpoint | None:
         with self.db.session() as session:

@@ -8,6 +8,7 @@ batch order, and nothing is written by them, so a crash loses only work that wil
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ round trip to a worker would cost more than it saves."""
 class Prepared:
     """One item after parsing and classification; ``error`` says why it must be quarantined."""
 
+    key: str  # the content key: SHA-256 of the raw bytes, hashed here to spare the poller
     email: ParsedEmail | None = None
     error: str | None = None
     predictions: dict[str, Prediction] | None = None
@@ -64,12 +66,18 @@ def prepare(items: Sequence[RawItem], model: Classifier | None) -> list[Prepared
     return prepared
 
 
+def content_key(raw: bytes) -> str:
+    """What deduplicates an item within its source (replays, re-fetches after a crash)."""
+    return hashlib.sha256(raw).hexdigest()
+
+
 def _normalize(item: RawItem) -> Prepared:
+    key = content_key(item.raw)
     try:
-        return Prepared(NORMALIZERS[item.format](item.raw))
+        return Prepared(key, NORMALIZERS[item.format](item.raw))
     except Exception as exc:  # a poison message must not block the batch
         log.warning("%s cannot be parsed, quarantined: %s", item.source_id, exc)
-        return Prepared(error=f"{type(exc).__name__}: {exc}")
+        return Prepared(key, error=f"{type(exc).__name__}: {exc}")
 
 
 def _classify_one(item: RawItem, entry: Prepared, model: Classifier) -> None:

@@ -1,7 +1,7 @@
 """The worker: one APScheduler job per source plus one that flushes the outbox.
 
-``run_once`` does one pass over every source and one flush, which is what ``triage run --once``
-and the tests call; ``serve`` runs the same jobs on a schedule until SIGTERM or SIGINT, then
+``run_once`` does one pass over every source, delivering forwards as their batches commit, and a
+last flush, which is what ``triage run --once`` and the tests call; ``serve`` runs the same jobs on a schedule until SIGTERM or SIGINT, then
 finishes the batch in hand (a warm stop). SIGHUP re-reads the config file and re-syncs the jobs
 (an invalid file is refused and the running config kept). Under systemd it reports READY=1 and
 keeps the watchdog fed from a job of its own; the status page, /metrics and /healthz are served
@@ -122,6 +122,38 @@ class PassResult:
     outbox: FlushResult = field(default_factory=FlushResult)
 
 
+class BackgroundFlush(threading.Thread):
+    """Flushes the outbox each time it is woken, until stopped; adds up what the flushes did."""
+
+    def __init__(self, flush: Callable[[], FlushResult]) -> None:
+        super().__init__(name="outbox", daemon=True)
+        self._flush = flush
+        self._woken = threading.Event()
+        self._stopping = False
+        self._total = FlushResult()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def stop(self) -> FlushResult:
+        """Finish the flush in hand, then end; returns the sum of every flush."""
+        self._stopping = True
+        self._woken.set()
+        self.join()
+        return self._total
+
+    def run(self) -> None:
+        while True:
+            self._woken.wait()
+            self._woken.clear()
+            if self._stopping:
+                return
+            try:
+                self._total += self._flush()
+            except Exception:  # the flush after the polls tries again
+                log.exception("delivering forwards during the poll failed")
+
+
 class Worker:
     """Everything one process needs: the database, the model, the pipeline and the forwarder."""
 
@@ -140,6 +172,7 @@ class Worker:
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
         self._wakes: Wakes | None = None
+        self._background_flush: BackgroundFlush | None = None  # during run_once
         self._watchers: dict[str, tuple[threading.Thread, threading.Event, AnySource]] = {}
         self._started = _now()
 
@@ -158,6 +191,7 @@ class Worker:
         self.alerter = alerter
         self.pipeline = Pipeline(self.db, config, Router(config), classifier)
         self.pipeline.fence = self.leases.fence
+        self.pipeline.on_queued = self._forwards_queued
         self.pipeline.preparer = _preparer(previous, config.schedule.parse_workers)
         self.leases.ttl = config.schedule.lease_seconds
         self.forwarder = Forwarder(self.db, config, make_transport(config))
@@ -239,10 +273,14 @@ class Worker:
         if until is not None and _now() < until:
             log.debug("%s: backing off until %s", name, until)
             return None
-        result = self.poll(name)
-        if result.forwarded:
-            self._wake(OUTBOX_JOB)  # deliver now, not at the next outbox interval
-        return result
+        return self.poll(name)
+
+    def _forwards_queued(self) -> None:
+        """A committed batch queued forwards: deliver them now, not at the next interval."""
+        if self._background_flush is not None:
+            self._background_flush.wake()
+        else:
+            self._wake(OUTBOX_JOB)
 
     def flush_outbox(self) -> FlushResult:
         """Deliver what is due; one flush at a time in this process."""
@@ -264,11 +302,21 @@ class Worker:
         return count
 
     def run_once(self) -> PassResult:
-        """Poll every source once, then flush the outbox."""
+        """Poll every source once, then flush the outbox.
+
+        Forwards go out on a thread of their own while later batches are read: a department
+        need not wait for the end of a first poll of a large mailbox, and delivering (waiting on
+        the mail server and the database) overlaps with parsing.
+        """
         result = PassResult()
-        for source in self.config.sources:
-            result.polls.append(self.poll(source.name))
-        result.outbox = self.flush_outbox()
+        self._background_flush = BackgroundFlush(self.flush_outbox)
+        self._background_flush.start()
+        try:
+            for source in self.config.sources:
+                result.polls.append(self.poll(source.name))
+        finally:
+            during, self._background_flush = self._background_flush.stop(), None
+        result.outbox = during + self.flush_outbox()
         return result
 
     def serve(self) -> None:
