@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
-from tests.helpers import DEPARTMENTS, make_config, make_email
+from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
+from tests.servers.smtp import SmtpServer
 from triage.scheduler import Wakes, Worker
 from triage.store.database import Database
 from triage.store.schema import Forward, Message
@@ -106,3 +107,38 @@ def test_a_wake_while_the_job_runs_runs_it_again_right_after() -> None:
     finally:
         release.set()
         scheduler.shutdown()
+
+
+def test_forwards_go_out_while_the_poll_goes_on(
+    tmp_path: Path, smtp_server: SmtpServer, tiny_model: tuple[Classifier, Path]
+) -> None:
+    """A forward queued by one batch reaches its department before the next batch is read:
+    the poll is held after each batch until the SMTP server has what the batches queued."""
+    box = tmp_path / "Maildir"
+    kinds = ["complaint", "complaint", "question", "feedback", "complaint", "question"]
+    for index, kind in enumerate(kinds):
+        deliver(box, f"{index}.mail", make_email(*tiny_text(kind, "billing")))
+    config = make_config(
+        tmp_path,
+        sources=[{"name": "box", "type": "maildir", "path": str(box), "batch_size": 2}],
+        smtp={"host": "127.0.0.1", "port": smtp_server.port, "tls": "plain"},
+        forwarding={"transport": "smtp", "from_address": "triage@shop.test"},
+    )
+    worker = Worker(config)
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    queued = worker.pipeline.on_queued
+    assert queued is not None
+    delivered_between_batches = []
+
+    def hold_until_delivered() -> None:
+        queued()
+        wanted = count(worker.db, Forward)
+        wait_until(lambda: len(smtp_server.messages) >= wanted, 10, step=0.05)
+        delivered_between_batches.append(len(smtp_server.messages))
+
+    worker.pipeline.on_queued = hold_until_delivered
+    result = worker.run_once()
+
+    assert delivered_between_batches == [2, 3, 4]  # batches (c, c), (q, f), (c, q)
+    assert result.outbox.sent == 4 == len(smtp_server.messages)  # each sent once
