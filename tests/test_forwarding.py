@@ -15,7 +15,7 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import free_port
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
-from triage.forwarding import WIRE_POLICY, Forwarder, make_transport, requeue
+from triage.forwarding import WIRE_POLICY, Forwarder, as_bytes, make_transport, requeue, text_part
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 
@@ -238,3 +238,23 @@ def test_short_headers_are_written_as_the_compat32_folder_writes_them() -> None:
     for name in ("Subject", "X-Triage-Department", "Message-ID"):
         for value in values:
             assert mine.fold_binary(name, value) == stock.fold_binary(name, value), value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Доброго дня! Прошу повернути кошти.\nДякую, Олена\n",
+        "trailing spaces   \ntab\tinside and at end\t\n= signs =3D and ==\n",
+        "From the start of a line\n.\n..\nno newline at the end",
+        "а" * 300 + "\n" + "x" * 200 + "\n\n\n",
+        "\u2028 line separator, \x0c form feed, emoji \U0001f600\n",
+    ],
+)
+def test_text_part_round_trips_and_keeps_short_ascii_lines(text: str) -> None:
+    wire = as_bytes(text_part(text))
+    part = message_from_bytes(wire, policy=default)
+    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert part.get_content().replace("\r\n", "\n") == text
+    body = wire.partition(b"\r\n\r\n")[2]
+    assert body.isascii() and b"\n" not in body.replace(b"\r\n", b"")  # CRLF only
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from email.header import Header
-from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from triage.config import Config
-from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport
+from triage.forwarding import LOOP_HEADER, DeliveryError, Transport, set_subject, text_part
 from triage.pipeline import PollResult
 from triage.store.schema import utcnow
 
@@ -76,10 +74,10 @@ class Alerter:
         log.warning("alert: %s", subject)
         if not self.settings.email:
             return
-        mail = MIMEText(text + "\n", "plain", UTF8_QP)  # type: ignore[arg-type]  # a Charset works
+        mail = text_part(text + "\n")
         mail["From"] = self.sender
         mail["To"] = self.settings.email
-        mail["Subject"] = Header(f"[triage alert] {subject}", "utf-8")  # type: ignore[assignment]
+        set_subject(mail, f"[triage alert] {subject}")
         mail["Date"] = format_datetime(utcnow())
         mail["Message-ID"] = make_msgid("triage-alert", domain=self.sender.rpartition("@")[2])
         mail["Auto-Submitted"] = "auto-generated"

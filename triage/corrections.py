@@ -19,9 +19,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.header import Header
 from email.message import Message as Email
-from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from sqlalchemy import event, select
@@ -30,7 +28,14 @@ from sqlalchemy.orm import Session
 from classifiers.base import Prediction
 from connectors.base import RawItem
 from triage.config import Config, Department
-from triage.forwarding import LOOP_HEADER, UTF8_QP, DeliveryError, Transport, outbox_row
+from triage.forwarding import (
+    LOOP_HEADER,
+    DeliveryError,
+    Transport,
+    outbox_row,
+    set_subject,
+    text_part,
+)
 from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
 from triage.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.pipeline import Outcome
@@ -318,10 +323,10 @@ class Corrections:
             "Commands: wrong: AREA | not ours | kind: KIND | not a KIND | urgency: urgent|normal",
             "(українською: неправильно: AREA | не наше | тип: скарга|відгук|питання|спам)",
         ]
-        mail = MIMEText("\n".join(lines) + "\n", "plain", UTF8_QP)  # type: ignore[arg-type]
+        mail = text_part("\n".join(lines) + "\n")
         mail["From"] = settings.from_address
         mail["To"] = settings.redirect_all_to or department.email
-        mail["Subject"] = Header("Re: " + " ".join(email.subject.split())[:200], "utf-8")  # type: ignore[assignment]
+        set_subject(mail, "Re: " + " ".join(email.subject.split())[:200])
         mail["Date"] = format_datetime(utcnow())
         mail["Message-ID"] = make_msgid(
             "triage-ack", domain=settings.from_address.rpartition("@")[2]

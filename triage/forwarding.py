@@ -8,6 +8,7 @@ backoff and jitter; 5xx replies mark the forward failed (a dead letter the admin
 
 from __future__ import annotations
 
+import binascii
 import io
 import json
 import logging
@@ -20,14 +21,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.charset import QP, Charset
 from email.encoders import encode_base64
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import Message as Email
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -54,8 +54,21 @@ MAX_BACKOFF = timedelta(hours=1)
 MAX_SUBJECT = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
-UTF8_QP = Charset("utf-8")
-UTF8_QP.body_encoding = QP  # readable in any client, safe through 7-bit relays
+
+def text_part(text: str) -> Email:
+    """A UTF-8 text/plain part in quoted-printable: readable in any client, safe through 7-bit
+    relays. Encoded by ``binascii`` (C): the email package's own encoder is pure Python, and a
+    forward quotes the customer's whole message."""
+    part = MIMENonMultipart("text", "plain", charset="utf-8")
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(binascii.b2a_qp(text.encode("utf-8")).decode("ascii"))
+    return part
+
+
+def set_subject(mail: Email, subject: str) -> None:
+    """The Subject in RFC 2047 words by the classic (compat32) encoder: it keeps the spaces of a
+    long Cyrillic subject, which the modern header folder of some Python versions drops."""
+    mail["Subject"] = Header(subject, "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
 
 
 class DeliveryError(Exception):
@@ -315,11 +328,7 @@ def backoff(attempts: int, base_seconds: float) -> timedelta:
 
 
 def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
-    """The email a department receives: everything at a glance, the original attached.
-
-    Built with the classic (compat32) MIME classes: their RFC 2047 encoder keeps the spaces of a
-    long Cyrillic subject, which the modern header folder of some Python versions drops.
-    """
+    """The email a department receives: everything at a glance, the original attached."""
     message = forward.message
     count, recent = _earlier(session, message, settings.history_in_forward)
     labels = _labels_of(session, [message.id, *(row.id for row in recent)])
@@ -328,7 +337,7 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
         mail["Cc"] = ", ".join(forward.cc_addrs)
-    mail["Subject"] = Header(_subject(message, labels[message.id], forward.urgent), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
+    set_subject(mail, _subject(message, labels[message.id], forward.urgent))
     mail["Date"] = format_datetime(forward.created_at)
     mail["Message-ID"] = forward.rfc_message_id
     mail[LOOP_HEADER] = forward.department
@@ -341,7 +350,7 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     summary = _summary(
         message, labels[message.id], forward, (count, _earlier_lines(recent, labels))
     )
-    mail.attach(MIMEText(summary, "plain", UTF8_QP))  # type: ignore[arg-type]  # a Charset works
+    mail.attach(text_part(summary))
     if message.channel == "email":
         mail.attach(_attached_original(message.raw))
     else:

@@ -1097,7 +1097,6 @@ def _without_binary_bodies(raw: bytes) -> bytes:
     return b"".join([*kept, raw[done:]]) if kept else raw
 
 
-
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
