@@ -9,7 +9,8 @@ made unique), then measures side by side:
   demo model, store, queue forwards), each in its own process, so peak RSS is its own.
 
 Usage: ``python benchmarks/ingest.py [--n 10000] [--json] [--skip-postgres] [--preload M]``.
-``--preload M`` stores M synthetic messages first, to show that dedup is by index, not by scan.
+``--preload M`` stores M synthetic messages (with their customers and labels) first, to show that
+deduplication and the history reads go by index, not by scan.
 Needs Dovecot (``apt-get install dovecot-imapd``) and, for PostgreSQL, the local server.
 """
 
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +102,7 @@ def floor(server: DovecotServer, user: str) -> dict[str, float]:
     return {"msgs_per_s": len(uids) / seconds, "mb_per_s": size / seconds / 1e6, "seconds": seconds}
 
 
-def child(config_path: str, preload: int, go: str | None) -> None:
+def child(config_path: str, go: str | None) -> None:
     """One `run --once` pass in this process; prints its numbers as JSON.
 
     With ``go``, waits for that file to appear before starting the clock, so several workers
@@ -111,8 +113,6 @@ def child(config_path: str, preload: int, go: str | None) -> None:
 
     worker = Worker(load_config(Path(config_path)), worker_id=f"bench-{os.getpid()}")
     worker.db.upgrade()
-    if preload:
-        _preload(worker, preload)
     # Load the model and start the parsing processes before the clock starts, as a daemon has.
     model = worker.pipeline.classifier.current()
     worker.pipeline.preparer.start(model, worker.pipeline.classifier.path)
@@ -189,23 +189,46 @@ def _kb(pid: int, file: str, key: str) -> int:
     return 0
 
 
-def _preload(worker: object, count: int) -> None:
-    from sqlalchemy import insert
+def _preload(url: str, count: int) -> None:
+    """Store ``count`` messages from ``count // 3`` customers, labelled on every axis and
+    received over the last 30 days: a history that deduplication and the repeat-contact reads
+    must reach through their indexes, never by a scan. Done here, not in the measured worker."""
+    from sqlalchemy import func, insert, literal, select
 
-    from triage.store.schema import Message
+    from triage.store.database import Database
+    from triage.store.schema import Classification, Customer, Message, utcnow
 
-    rows = ({"source": "preload", "source_id": f"p:{i}", "content_key": f"{i:064x}",
-             "raw": b"x", "subject": "old", "channel": "email", "status": "stored"}
-            for i in range(count))  # fmt: skip
-    with worker.db.transaction() as session:  # type: ignore[attr-defined]
-        batch: list[dict[str, object]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == 50_000:
-                session.execute(insert(Message), batch)
-                batch.clear()
-        if batch:
-            session.execute(insert(Message), batch)
+    db = Database(url)
+    db.upgrade()
+    now, step = utcnow(), timedelta(days=30) / max(1, count)
+    with db.transaction() as session:
+        session.execute(insert(Customer), [
+            {"channel": "email", "address": f"p{i}@preload.test", "display_name": "",
+             "created_at": now}
+            for i in range(max(1, count // 3))
+        ])  # fmt: skip
+        customers = session.scalars(select(Customer.id).order_by(Customer.id)).all()
+        for start in range(0, count, 50_000):
+            session.execute(insert(Message), [
+                {"source": "preload", "source_id": f"p:{i}", "content_key": f"{i:064x}",
+                 "customer_id": customers[i % len(customers)], "raw": b"x", "subject": "old",
+                 "channel": "email", "status": "classified", "received_at": now - i * step,
+                 "created_at": now}
+                for i in range(start, min(count, start + 50_000))
+            ])  # fmt: skip
+        for axis, label in (("kind", "complaint"), ("area", "billing"), ("urgency", "normal")):
+            labels = select(
+                Message.id, literal(axis), literal(label), literal(0.9), literal("preload"),
+                literal(now, type_=Message.received_at.type),
+            ).where(Message.source == "preload")  # fmt: skip
+            session.execute(
+                insert(Classification).from_select(
+                    ["message_id", "axis", "label", "confidence", "model_version", "created_at"],
+                    labels,
+                )
+            )
+        assert session.scalar(select(func.count()).select_from(Classification)) == 3 * count
+    db.dispose()
 
 
 def write_config(workdir: Path, server: DovecotServer, users: list[str], db_url: str) -> Path:
@@ -232,15 +255,13 @@ def write_config(workdir: Path, server: DovecotServer, users: list[str], db_url:
     return config
 
 
-def triage_pass(
-    config: Path, server: DovecotServer, preload: int = 0, workers: int = 1
-) -> dict[str, float]:
+def triage_pass(config: Path, server: DovecotServer, workers: int = 1) -> dict[str, float]:
     """``workers`` processes each run one pass over the config's sources, started together;
     returns the messages stored, the wall time from the first start to the last end, and the
     largest memory figures of any one worker."""
     go = config.parent / f"go-{workers}"
     env = {**os.environ, "BENCH_IMAP_PASSWORD": server.password}
-    command = [sys.executable, __file__, "--child", str(config), "--preload", str(preload)]
+    command = [sys.executable, __file__, "--child", str(config)]
     children = [
         subprocess.Popen([*command, "--go", str(go)], env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(workers)
@@ -278,7 +299,7 @@ def main() -> None:
     parser.add_argument("--go", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.preload, args.go)
+        child(args.child, args.go)
         return
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as temp:
         workdir = Path(temp)
@@ -332,7 +353,9 @@ def run(workdir: Path, server: DovecotServer, args: argparse.Namespace) -> dict[
     for name, url in backends.items():
         try:
             config = write_config(workdir / name, server, [user], url)
-            numbers = triage_pass(config, server, args.preload)
+            if args.preload:
+                _preload(url, args.preload)
+            numbers = triage_pass(config, server)
         finally:
             if name == "postgres":
                 drop_database(url)
