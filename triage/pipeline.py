@@ -40,8 +40,9 @@ from triage.prepare import Prepared, Preparer, classification_text, prepare
 from triage.registry import ActiveClassifier
 from triage.routing import AREA, URGENCY, Route, Router
 from triage.store import history
-from triage.store.contacts import Identity, recent_areas
+from triage.store.contacts import recent_areas
 from triage.store.database import Database
+from triage.store.history import Identity
 from triage.store.schema import (
     Message,
     SourceState,

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from triage.store.history import Identity, is_one_of
 from triage.store.schema import Classification, Customer, Message
-
-Identity = tuple[str, str]
-"""(channel, address) of a customer."""
 
 
 def recent_areas(
@@ -46,7 +44,7 @@ def _authors(session: Session, identities: Collection[Identity]) -> dict[int, li
         return {}
     senders = session.execute(
         select(Customer.id, Customer.channel, Customer.address, Customer.person_id).where(
-            tuple_(Customer.channel, Customer.address).in_(list(identities))
+            is_one_of(identities)
         )
     ).all()
     persons = {row.person_id for row in senders if row.person_id is not None}

@@ -7,11 +7,22 @@ sharing one PostgreSQL database can record the same new customer at once without
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,6 +41,21 @@ def _insert_ignoring_conflicts(session: Session, table: Table) -> Insert:
     return insert(table)
 
 
+def is_one_of(identities: Iterable[Identity]) -> ColumnElement[bool]:
+    """A condition on ``Customer`` matching these identities, one ``channel = ? AND address
+    IN (...)`` per channel: an index search on both databases, where SQLite answers a row-value
+    ``(channel, address) IN (...)`` by scanning every customer."""
+    by_channel: dict[str, list[str]] = {}
+    for channel, address in identities:
+        by_channel.setdefault(channel, []).append(address)
+    return or_(
+        *(
+            and_(Customer.channel == channel, Customer.address.in_(addresses))
+            for channel, addresses in by_channel.items()
+        )
+    )
+
+
 def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identity, int]:
     """The id of every identity in ``names`` (identity -> display name), creating missing ones."""
     if not names:
@@ -38,9 +64,7 @@ def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identi
 
     def known() -> dict[Identity, int]:
         rows = session.execute(
-            select(Customer.channel, Customer.address, Customer.id).where(
-                tuple_(Customer.channel, Customer.address).in_(wanted)
-            )
+            select(Customer.channel, Customer.address, Customer.id).where(is_one_of(wanted))
         )
         return {(channel, address): id_ for channel, address, id_ in rows}
 
