@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from tests import seed
+from triage.store import history
 from triage.store.contacts import recent_areas
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, utcnow
@@ -68,3 +71,36 @@ def test_recent_areas_per_sender_with_linked_identities_latest_label_and_cap(
         ("delivery", at[2]),
         ("billing", at[1]),
     ]
+
+
+def test_per_batch_history_reads_search_indexes_never_scan(tmp_path: Path) -> None:
+    """SQLite's plans for the reads each batch makes: every table is searched through an index,
+    so their cost follows the batch, not the size of the history (a row-value IN over
+    customers, or a join led by classifications, scanned them all)."""
+    db = Database(f"sqlite:///{tmp_path / 'plans.db'}")
+    db.upgrade()
+    for n in range(3):
+        seed.message(db, sender=f"c{n}@example.com", labels={"area": "billing"})
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    identities = [("email", "c0@example.com"), ("email", "c1@example.com"), ("x", "@c2")]
+    with db.session() as session:
+        history.customer_ids(session, dict.fromkeys(identities[:2], ""))
+        recent_areas(session, identities, utcnow() - timedelta(days=30), per_area=20)
+    event.remove(db.engine, "before_cursor_execute", capture)
+
+    assert len(statements) >= 2
+    with db.engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = [row[3] for row in connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters
+            )]  # fmt: skip
+            scans = [step for step in plan if step.startswith("SCAN ") and "subquery" not in step
+                     and not step.startswith("SCAN anon")]  # fmt: skip
+            assert scans == [], (statement, plan)
+    db.dispose()

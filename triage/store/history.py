@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    false,
     func,
     insert,
     or_,
@@ -49,10 +50,11 @@ def is_one_of(identities: Iterable[Identity]) -> ColumnElement[bool]:
     for channel, address in identities:
         by_channel.setdefault(channel, []).append(address)
     return or_(
+        false(),  # matches nothing when there are no identities
         *(
             and_(Customer.channel == channel, Customer.address.in_(addresses))
             for channel, addresses in by_channel.items()
-        )
+        ),
     )
 
 
