@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.charset import BASE64, Charset
 from email.encoders import encode_base64
 from email.generator import BytesGenerator
 from email.header import Header
@@ -65,10 +66,18 @@ def text_part(text: str) -> Email:
     return part
 
 
+_UTF8_BASE64 = Charset("utf-8")
+_UTF8_BASE64.header_encoding = BASE64  # "shortest" encodes every subject twice to compare
+
+
 def set_subject(mail: Email, subject: str) -> None:
-    """The Subject in RFC 2047 words by the classic (compat32) encoder: it keeps the spaces of a
-    long Cyrillic subject, which the modern header folder of some Python versions drops."""
-    mail["Subject"] = Header(subject, "utf-8")  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
+    """The Subject: plain when it is printable ASCII, else RFC 2047 words by the classic
+    (compat32) encoder, which keeps the spaces of a long Cyrillic subject that the modern header
+    folder of some Python versions drops."""
+    if subject.isascii() and subject.isprintable():
+        mail["Subject"] = subject
+    else:
+        mail["Subject"] = Header(subject, _UTF8_BASE64)  # type: ignore[assignment]  # compat32 takes a Header; typeshed says str
 
 
 class DeliveryError(Exception):
