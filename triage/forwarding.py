@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import smtplib
 import ssl
 import tempfile
@@ -32,7 +33,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session, joinedload
@@ -341,7 +342,9 @@ def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
     message = forward.message
     count, recent = _earlier(session, message, settings.history_in_forward)
     labels = _labels_of(session, [message.id, *(row.id for row in recent)])
-    mail = MIMEMultipart()
+    # A boundary of our own: the generator would otherwise search the whole forward for its
+    # random one with a freshly compiled regex; 96 random bits never occur in mail by chance.
+    mail = MIMEMultipart(boundary=f"=_triage_{secrets.token_hex(12)}")
     mail["From"] = settings.from_address
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
@@ -466,21 +469,31 @@ def as_bytes(message: Email) -> bytes:
     return buffer.getvalue()
 
 
-def _labels_of(session: Session, message_ids: list[int]) -> dict[int, dict[str, Classification]]:
-    """Each message's latest label per axis, in one query."""
-    found: dict[int, dict[str, Classification]] = {id_: {} for id_ in message_ids}
+class _Label(NamedTuple):
+    label: str
+    confidence: float
+
+
+def _labels_of(session: Session, message_ids: list[int]) -> dict[int, dict[str, _Label]]:
+    """Each message's latest label per axis, in one query (columns: no ORM rows to build)."""
+    found: dict[int, dict[str, _Label]] = {id_: {} for id_ in message_ids}
     if message_ids:
-        rows = session.scalars(
-            select(Classification)
+        rows = session.execute(
+            select(
+                Classification.message_id,
+                Classification.axis,
+                Classification.label,
+                Classification.confidence,
+            )
             .where(Classification.message_id.in_(message_ids))
             .order_by(Classification.id)
         )
-        for row in rows:
-            found[row.message_id][row.axis] = row
+        for message_id, axis, label, confidence in rows:
+            found[message_id][axis] = _Label(label, confidence)
     return found
 
 
-def _subject(message: Message, labels: dict[str, Classification], urgent: bool) -> str:
+def _subject(message: Message, labels: dict[str, _Label], urgent: bool) -> str:
     tags = "/".join(labels[axis].label for axis in ("kind", "area") if axis in labels)
     prefix = "[URGENT] " if urgent else ""
     # Customer text never reaches a header raw: no CR/LF or other controls, bounded length.
@@ -491,7 +504,7 @@ def _subject(message: Message, labels: dict[str, Classification], urgent: bool) 
 
 def _summary(
     message: Message,
-    labels: dict[str, Classification],
+    labels: dict[str, _Label],
     forward: Forward,
     earlier: tuple[int, list[str]],
 ) -> str:
@@ -557,9 +570,7 @@ def _earlier(session: Session, message: Message, limit: int) -> tuple[int, Seque
     return (recent[0].total if recent else 0), recent
 
 
-def _earlier_lines(
-    recent: Sequence[Any], labels: dict[int, dict[str, Classification]]
-) -> list[str]:
+def _earlier_lines(recent: Sequence[Any], labels: dict[int, dict[str, _Label]]) -> list[str]:
     """One line for each of the latest earlier requests: date, labels, subject."""
     lines = []
     for row in recent:
