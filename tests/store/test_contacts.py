@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import event, update
 
 from tests import seed
@@ -15,14 +13,6 @@ from triage.store import history
 from triage.store.contacts import recent_areas
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, utcnow
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def test_recent_areas_per_sender_with_linked_identities_latest_label_and_cap(

@@ -7,21 +7,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from triage.store.database import Database
 from triage.store.leases import LeaseLost, Leases, default_owner
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def test_one_claim_wins_until_released(db: Database) -> None:
