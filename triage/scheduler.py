@@ -5,8 +5,7 @@ last flush, which is what ``triage run --once`` and the tests call; ``serve`` ru
 on a schedule until SIGTERM or SIGINT, then finishes the batch in hand (a warm stop). SIGHUP
 re-reads the config file and re-syncs the jobs (an invalid file is refused and the running config
 kept). Under systemd it reports READY=1 and keeps the watchdog fed from a job of its own; the
-status page, /metrics and /healthz are served
-on ``[web] listen``.
+status page, /metrics and /healthz are served on ``[web] listen``.
 """
 
 from __future__ import annotations
