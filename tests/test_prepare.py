@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import pytest
 
+from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import RawItem
 from tests.conftest import tiny_text
-from triage.prepare import MIN_POOL_BATCH, Preparer, prepare
+from triage.prepare import MIN_POOL_BATCH, Preparer, _pickle_as_constructor_call, prepare
 
 KINDS = ("complaint", "feedback", "question")
 AREAS = ("billing", "delivery")
@@ -55,9 +59,26 @@ def test_worker_processes_prepare_what_the_polling_process_would(
     model, path = tiny_model
     items = _items(MIN_POOL_BATCH * 2)
     pooled = preparer.submit(items, model, path).result(timeout=120)
-    assert _summary(pooled) == _summary(prepare(items, model))
+    assert pooled == prepare(items, model)  # every field survives the trip between processes
     assert pooled[-1].error is not None and pooled[-1].email is None
     assert {p.predictions["kind"].label for p in pooled[:-1]} == set(KINDS)
+
+
+def test_items_and_results_cross_processes_whole() -> None:
+    item = RawItem("mail", "imap:x/INBOX:1:7", b"raw", datetime.now(UTC), extra={"uid": 7})
+    result = prepare([item], None)[0]
+    for value in (item, result, result.email, Prediction("billing", 0.75, abstained=True)):
+        assert pickle.loads(ForkingPickler.dumps(value)) == value
+
+
+def test_only_plain_slots_dataclasses_are_sent_as_constructor_calls() -> None:
+    @dataclass
+    class Loose:
+        a: int
+        b: int
+
+    with pytest.raises(TypeError, match="Loose is not a slots dataclass"):
+        _pickle_as_constructor_call(Loose)
 
 
 def test_small_batches_and_no_model_are_prepared_in_this_process(

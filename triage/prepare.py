@@ -14,8 +14,11 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from multiprocessing.reduction import ForkingPickler
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from classifiers.base import Prediction
 from classifiers.model import Classifier
@@ -151,6 +154,28 @@ class Preparer:
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
         return self._pool
+
+
+def _pickle_as_constructor_call(cls: type) -> None:
+    """Send ``cls`` between processes as ``cls(*fields)``.
+
+    A frozen dataclass with slots pickles its state by looking up its fields for every object
+    (``dataclasses.fields``), a tenth of the poller's time at full speed, where every message
+    crosses twice (a RawItem out; a ParsedEmail and three Predictions back).
+    """
+    names = tuple(f.name for f in fields(cls) if f.init)
+    if names != getattr(cls, "__slots__", None) or len(names) < 2:
+        raise TypeError(f"{cls.__name__} is not a slots dataclass of two or more init fields")
+    values = attrgetter(*names)
+
+    def reduce(obj: Any) -> tuple[type, tuple[Any, ...]]:
+        return cls, values(obj)
+
+    ForkingPickler.register(cls, reduce)
+
+
+for _sent in (RawItem, ParsedEmail, Prediction, Prepared):
+    _pickle_as_constructor_call(_sent)
 
 
 def _done(result: list[Prepared]) -> Future[list[Prepared]]:
