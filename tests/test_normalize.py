@@ -17,6 +17,7 @@ from triage import normalize
 from triage.normalize import (
     NormalizationError,
     ParsedEmail,
+    _fold,
     decode_bytes,
     html_to_text,
     parse_email,
@@ -399,6 +400,14 @@ def test_html_inside_a_related_alternative_is_rendered_when_chosen() -> None:
 )
 def test_split_address_agrees_with_parseaddr(header: str) -> None:
     assert split_address(header) == email.utils.parseaddr(header)
+
+
+def test_folding_whitespace_agrees_with_the_regex() -> None:
+    spaces = " \t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2000\u2028\u3000\u200b\ufeff"
+    rng = random.Random(5)
+    for _ in range(2000):
+        text = "".join(rng.choice(spaces + "aя.") for _ in range(rng.randint(0, 10)))
+        assert _fold(text) == re.sub(r"\s+", " ", text).strip()
 
 
 def test_multipart_mixed_attachments_are_named_and_excluded() -> None:
