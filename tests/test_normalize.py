@@ -496,6 +496,80 @@ def test_cutting_attachment_data_changes_no_parse(monkeypatch: pytest.MonkeyPatc
         assert with_cut.attachments[-2:] == ("scan.pdf", "photo.png"), path.name
 
 
+BOUNDARIES = [
+    "BOUNDARY", "BOUNDARY-1", "----=_Part_1234_5678.1700000000000", "000000000000a1b2c3d4e5f6",
+    " leading space", "trailing  ", "<angled>", "a b=c", "Mixed=Case_42", "x", "=_?.;+/", "\"",
+]  # fmt: skip
+
+
+def _random_tree(rng: random.Random, depth: int = 0) -> tuple[str, bytes]:
+    """(Content-Type, body) of a random multipart over BOUNDARIES, with decoy lines."""
+    boundary = rng.choice(BOUNDARIES)
+    token = all(c.isalnum() or c in "'+-.=_?/" for c in boundary)
+    name = rng.choice(["boundary", "Boundary", "BOUNDARY "])
+    value = boundary if token and rng.random() < 0.5 else f'"{boundary}"'
+    fold = rng.choice([" ", "\n\t"])
+    ctype = f"multipart/{rng.choice(['mixed', 'alternative', 'related'])};{fold}{name}={value}"
+    lines = [b"preamble", b"--" + boundary.encode() + b"x decoy"]
+    for index in range(rng.randint(1, 3)):
+        lines.append(b"--" + boundary.encode() + rng.choice([b"", b"  ", b"\t"]))
+        if depth < 2 and rng.random() < 0.4:
+            inner_type, inner = _random_tree(rng, depth + 1)
+            lines.append(f"Content-Type: {inner_type}\n".encode() + b"\n" + inner)
+            continue
+        decoy = rng.choice([b"--" + rng.choice(BOUNDARIES).encode() + b" text", b"-- ", b""])
+        kind = rng.choice(["text/plain; charset=utf-8", "text/html", "application/pdf"])
+        lines.append(part(f"part {index} {UK_TEXT[:40]}".encode() + b"\n" + decoy, kind))
+    lines.append(b"--" + boundary.encode() + b"--" + rng.choice([b"", b" "]))
+    lines.append(b"epilogue")
+    return ctype, b"\n".join(lines) + b"\n"
+
+
+def _structure(raw: bytes) -> list[tuple[str, bytes | None]]:
+    message = email.message_from_bytes(raw)
+    return [
+        (p.get_content_type(), None if p.is_multipart() else p.get_payload(decode=True))
+        for p in message.walk()
+    ]
+
+
+def test_renaming_boundaries_changes_no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo mail and random multipart trees (boundaries that are prefixes of others,
+    quoted, folded, with spaces, decoy lines) parse the same with and without the renaming."""
+    mails = [
+        p.read_bytes() for p in sorted((Path(__file__).parent.parent / "demo").glob("mailbox/*/*"))
+    ]
+    rng = random.Random(11)
+    for _ in range(300):
+        ctype, body = _random_tree(rng)
+        raw = make(body, content_type=ctype)
+        mails.append(raw if rng.random() < 0.5 else raw.replace(b"\r\n", b"\n"))
+    renamed = []
+    for raw in mails:
+        canonical = normalize._with_canonical_boundaries(raw)
+        renamed.append(canonical != raw)
+        assert _structure(canonical) == _structure(raw)
+        with_renaming = parse_email(raw)
+        monkeypatch.setattr(normalize, "_with_canonical_boundaries", lambda raw: raw)
+        assert parse_email(raw) == with_renaming
+        monkeypatch.undo()
+    # Not simply skipped: every demo multipart is renamed, and random trees often enough.
+    demo = [b"multipart/" in raw.lower() for raw in mails[:-300]]
+    assert renamed[:-300] == demo and any(demo)
+    assert sum(renamed[-300:]) > 100
+
+
+def test_boundaries_are_renamed_only_where_the_parser_reads_them() -> None:
+    ctype, body = multipart("mixed", [part(b"--BOUNDARY is my word\n--BOUNDARYX", "text/plain")])
+    raw = make(body, content_type=ctype)
+    canonical = normalize._with_canonical_boundaries(raw)
+    assert b'boundary="triage=_1"' in canonical and b"\r\n--triage=_1\r\n" in canonical
+    assert b"\r\n--triage=_1--\r\n" in canonical
+    assert b"--BOUNDARY is my word\r\n--BOUNDARYX" in canonical
+    for odd in (raw.replace(b"\r\n", b"\r"), raw.replace(b'"BOUNDARY"', b'"BOUND\\ARY"')):
+        assert normalize._with_canonical_boundaries(odd) == odd
+
+
 def test_attached_message_rfc822_text_is_kept() -> None:
     inner = make(b"My neighbour's order never arrived.", subject="Lost parcel")
     ctype, body = multipart(

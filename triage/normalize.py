@@ -15,6 +15,7 @@ import email
 import email.utils
 import hashlib
 import html
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -1097,6 +1098,80 @@ def _without_binary_bodies(raw: bytes) -> bytes:
     return b"".join([*kept, raw[done:]]) if kept else raw
 
 
+# A multipart Content-Type field (with its folded lines), and a boundary parameter in it that
+# the stdlib reads verbatim: quoted without escapes or angle brackets, or a bare token. Both
+# start with a newline, which the regex engine finds fast ("^" would be tried at every byte).
+_MULTIPART_FIELD = re.compile(rb"(?i)\ncontent-type:[ \t]*multipart/[^\n]*(?:\n[ \t][^\n]*)*")
+_BOUNDARY_PARAM = re.compile(
+    rb"""(?i)(?<![\w-])boundary[ \t]*=[ \t]*(?:"([\x20\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7e]+)"
+    |([\x21\x23-\x27\x2a\x2b\x2d-\x39\x3d\x3f-\x5a\x5e-\x7e]+))(?=[ \t]*(?:;|\r?\n|\r?$))""",
+    re.X,
+)
+# Any boundary parameter, also in forms the one above does not take (RFC 2231, folded).
+_BOUNDARY_NAME = re.compile(rb"(?i)(?<![\w-])boundary\s*\*?\s*=")
+_DELIMITER_LINE = re.compile(rb"\n--([^\r\n]+)")
+_DELIMITER_TAIL = re.compile(rb"(?:--)?[ \t]*")
+_Edit = tuple[int, int, bytes]  # replace raw[start:end] with bytes
+
+
+def _boundary_params(raw: bytes) -> tuple[dict[bytes, bytes], list[_Edit]] | None:
+    """Each boundary of ``raw`` with its new name, and the edits of its parameters; None when
+    one cannot be renamed safely (a form the regex does not read as the stdlib does, or a
+    boundary that is the start of another)."""
+    names: dict[bytes, bytes] = {}
+    edits: list[_Edit] = []
+    for header in _MULTIPART_FIELD.finditer(raw):
+        params = list(_BOUNDARY_PARAM.finditer(raw, header.start(), header.end()))
+        if len(params) != len(_BOUNDARY_NAME.findall(header.group())):
+            return None
+        for param in params:
+            group = 1 if param.group(1) is not None else 2
+            value = param.group(group).rstrip()
+            if not value:
+                return None
+            name = names.setdefault(value, b"triage=_%d" % (len(names) + 1))
+            edits.append((param.start(group), param.start(group) + len(value), name))
+    values = sorted(names)
+    if any(longer.startswith(value) for value, longer in itertools.pairwise(values)):
+        return None
+    return names, edits
+
+
+def _with_canonical_boundaries(raw: bytes) -> bytes:
+    """``raw`` with its multipart boundaries renamed ``triage=_1``, ``triage=_2``, ...
+
+    The stdlib parser compiles a regular expression for every boundary it meets, and real mail
+    has a new boundary in every message: a compile costs more than parsing the rest of a
+    typical mail. Renamed, boundaries repeat and the compiled expressions are reused. Only what
+    the parser reads as a boundary is renamed (the parameter of a multipart Content-Type and
+    the delimiter lines that match it exactly), so it parses the same; unusual forms (bare CR
+    line ends, escapes, overlapping boundaries) are left as they are.
+    """
+    if b"oundary" not in raw and b"OUNDARY" not in raw:
+        return raw
+    if raw.count(b"\r") != raw.count(b"\r\n"):
+        return raw
+    raw = b"\n" + raw  # the first line is found like the others
+    found = _boundary_params(raw)
+    if not found or not found[0]:
+        return raw[1:]
+    names, edits = found
+    for line in _DELIMITER_LINE.finditer(raw):
+        rest = line.group(1)
+        for value, name in names.items():
+            if rest.startswith(value) and _DELIMITER_TAIL.fullmatch(rest, len(value)):
+                edits.append((line.start(1), line.start(1) + len(value), name))
+                break
+    edits.sort()
+    pieces: list[bytes] = []
+    done = 1  # past the newline added above
+    for start, end, name in edits:
+        pieces += [raw[done:start], name]
+        done = end
+    pieces.append(raw[done:])
+    return b"".join(pieces)
+
+
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -1110,7 +1185,7 @@ def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
         raise NormalizationError("The message is empty: there are no header or body bytes.")
     warnings: list[str] = []
     try:
-        msg = email.message_from_bytes(_without_binary_bodies(raw))
+        msg = email.message_from_bytes(_with_canonical_boundaries(_without_binary_bodies(raw)))
         parsed_body = True
     except RecursionError:  # hostile MIME nesting: keep the headers, drop the body
         warnings.append("MIME nesting too deep for the parser; body ignored")
