@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.reduction import ForkingPickler
@@ -16,7 +18,13 @@ from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import RawItem
 from tests.conftest import tiny_text
-from triage.prepare import MIN_POOL_BATCH, Preparer, _pickle_as_constructor_call, prepare
+from triage.prepare import (
+    MIN_POOL_BATCH,
+    Preparer,
+    _pickle_as_constructor_call,
+    freeze_long_lived,
+    prepare,
+)
 
 KINDS = ("complaint", "feedback", "question")
 AREAS = ("billing", "delivery")
@@ -79,6 +87,34 @@ def test_only_plain_slots_dataclasses_are_sent_as_constructor_calls() -> None:
 
     with pytest.raises(TypeError, match="Loose is not a slots dataclass"):
         _pickle_as_constructor_call(Loose)
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freezing_long_lived_objects_still_collects_what_they_replaced() -> None:
+    kept = _Cycle()
+    dropped = weakref.ref(kept)
+    try:
+        freeze_long_lived()
+        assert gc.get_freeze_count() > 0
+        del kept
+        gc.collect()
+        assert dropped() is not None  # frozen: the collector no longer looks at it
+        freeze_long_lived()  # as after a reload
+        assert dropped() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_worker_processes_freeze_their_model(
+    tiny_model: tuple[Classifier, Path], preparer: Preparer
+) -> None:
+    model, path = tiny_model
+    preparer.start(model, path)
+    assert preparer._executor().submit(gc.get_freeze_count).result(timeout=60) > 0
 
 
 def test_small_batches_and_no_model_are_prepared_in_this_process(

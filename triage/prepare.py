@@ -8,6 +8,7 @@ batch order, and nothing is written by them, so a crash loses only work that wil
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -178,6 +179,19 @@ for _sent in (RawItem, ParsedEmail, Prediction, Prepared):
     _pickle_as_constructor_call(_sent)
 
 
+def freeze_long_lived() -> None:
+    """Exempt the objects that exist now (modules, config, model) from garbage collection.
+
+    They live as long as the process, yet each full collection walked all of them (~180,000
+    in the polling process): three collections during a poll of 10,000 mails stopped every
+    thread for 0.35 s. Call it once set up, and again after a reload or a new model: what
+    those replaced is collected first.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def _done(result: list[Prepared]) -> Future[list[Prepared]]:
     future: Future[list[Prepared]] = Future()
     future.set_result(result)
@@ -193,6 +207,7 @@ def _load_in_worker(path: str | None, version: str | None) -> None:
         return
     if _loaded is None or _loaded.version != version:
         _loaded = Classifier.load(Path(path))
+        freeze_long_lived()
 
 
 def _prepare_in_worker(

@@ -40,7 +40,7 @@ from triage.corrections import Corrections
 from triage.errors import ConfigError
 from triage.forwarding import FlushResult, Forwarder, make_transport
 from triage.pipeline import Pipeline, PollResult
-from triage.prepare import Preparer
+from triage.prepare import Preparer, freeze_long_lived
 from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
@@ -309,6 +309,7 @@ class Worker:
         the mail server and the database) overlaps with parsing.
         """
         result = PassResult()
+        freeze_long_lived()
         self._background_flush = BackgroundFlush(self.flush_outbox)
         self._background_flush.start()
         try:
@@ -368,6 +369,7 @@ class Worker:
             self.config.schedule.outbox_interval,
         )
         notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
+        freeze_long_lived()
         while not stop.is_set():
             woken.wait()
             woken.clear()
@@ -389,6 +391,7 @@ class Worker:
             self.reload()
         except Exception:  # a reload must never take the running worker down
             log.exception("config reload failed; the running config is kept")
+        freeze_long_lived()
         notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
 
     def reload(self) -> bool:
