@@ -162,6 +162,10 @@ class ImapConnector:
             timeout=self.timeout,
         )
         client.normalise_times = False
+        # IMAPClient turns imaplib's protocol trace on and hands it to a logger: imaplib then
+        # formats every response, whole messages included, whether or not anyone logs them.
+        # That tripled the cost of a FETCH, and would put customers' mail into debug logs.
+        client._imap.debug = 0
         if self.tls == "starttls":
             client.starttls(context)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from connectors.base import ConnectorAuthError, ConnectorUnavailable
@@ -39,6 +41,19 @@ def test_reads_new_messages_in_batches_and_resumes(dovecot: DovecotServer) -> No
     dovecot.append(user, [make_email("request 5", "later")])
     later = list(connector(dovecot, user).fetch(items[-1][1]))
     assert len(later) == 1 and later[0][1]["last_uid"] == 6
+
+
+def test_mail_stays_out_of_the_protocol_trace(
+    dovecot: DovecotServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """imaplib's trace formats every response, whole messages too: it is off (cost, privacy)."""
+    user = dovecot.new_user()
+    dovecot.append(user, [make_email("my card number is 4111", "private matter")])
+    caplog.set_level(logging.DEBUG, logger="imapclient")
+    items = list(connector(dovecot, user).fetch(None))
+    assert b"4111" in items[0][0].raw
+    assert caplog.records  # imapclient logs its own steps, it is not silenced altogether
+    assert not [r for r in caplog.records if "4111" in r.getMessage()]
 
 
 def test_never_marks_mail_seen(dovecot: DovecotServer) -> None:
