@@ -753,6 +753,16 @@ def _filename(part: Message, warnings: list[str]) -> str:
     return _fold(_sanitize(name))  # already decoded from RFC 2231
 
 
+def _has_param(part: Message, header: str, name: str) -> bool:
+    """Whether ``header`` has a non-empty parameter ``name``. The header is parsed only when
+    the name occurs in it: get_param parses it anew at each call, and most parts are plain
+    text with neither a file name nor a name."""
+    value = part.get(header)
+    if value is None or name not in _header_text(value).lower():
+        return False
+    return bool(part.get_param(name, header=header))
+
+
 def _disposition(part: Message) -> str:
     value = part.get("Content-Disposition")
     value = _header_text(value) if value is not None else ""
@@ -847,7 +857,9 @@ def _walk_leaf(part: Message, ctype: str, walk: _Walk) -> None:
         walk.segments.append(("plain", _payload_text(part, walk)))
         return
     disposition = _disposition(part)
-    named = bool(part.get_param("filename", header="content-disposition") or part.get_param("name"))
+    named = _has_param(part, "content-disposition", "filename") or _has_param(
+        part, "content-type", "name"
+    )
     if (
         ctype not in _BODY_TYPES
         or disposition == "attachment"
