@@ -35,7 +35,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session, joinedload
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
@@ -226,6 +226,11 @@ class FlushResult:
         )
 
 
+COMPOSE_CHUNK = 50
+"""Forwards composed together: their messages and labels come in one query each, not one
+each per forward; then each is locked, sent and recorded in a transaction of its own."""
+
+
 class Forwarder:
     """Delivers due outbox entries, committing each outcome as soon as it is known."""
 
@@ -247,8 +252,9 @@ class Forwarder:
                 .limit(limit)
             ).all()
         try:
-            for forward_id in due:
-                self._deliver(forward_id, now, result)
+            for start in range(0, len(due), COMPOSE_CHUNK):
+                for forward, email in self._compose(due[start : start + COMPOSE_CHUNK]):
+                    self._deliver(forward, email, now, result)
         finally:
             self.transport.close()
         if due:
@@ -260,30 +266,41 @@ class Forwarder:
             )
         return result
 
-    def _deliver(self, forward_id: int, now: datetime, result: FlushResult) -> None:
-        with self.db.transaction() as session:
-            # Another worker on the same PostgreSQL may hold this forward: skip it, never send twice.
-            # The message and its customer come in the same query (only the forward is locked).
-            forward = session.scalars(
+    def _compose(self, forward_ids: Sequence[int]) -> list[tuple[Forward, Email]]:
+        """The forwards with their emails, read without a lock: what an email shows never
+        changes once it is queued, and each forward's state is read again under its lock."""
+        with self.db.session() as session:
+            forwards = session.scalars(
                 select(Forward)
-                .where(Forward.id == forward_id)
+                .where(Forward.id.in_(forward_ids))
                 .options(joinedload(Forward.message).joinedload(Message.customer))
-                .with_for_update(of=Forward, skip_locked=True)
+                .order_by(Forward.id)
+            ).all()
+            return compose_all(session, forwards, self.settings)
+
+    def _deliver(self, forward: Forward, email: Email, now: datetime, result: FlushResult) -> None:
+        with self.db.transaction() as session:
+            # Another worker on the same PostgreSQL may hold this forward: skip it, never send twice;
+            # it may also have been sent since it was read.
+            state = session.execute(
+                select(Forward.status, Forward.attempts)
+                .where(Forward.id == forward.id)
+                .with_for_update(skip_locked=True)
             ).first()
-            if forward is None or forward.status != "pending":
+            if state is None or state.status != "pending":
                 return
-            message = compose(session, forward, self.settings)
+            attempts = state.attempts + 1
             crash_point("smtp-sending")
             try:
                 self.transport.send(
-                    message, self.settings.from_address, [*forward.to_addrs, *forward.cc_addrs]
+                    email, self.settings.from_address, [*forward.to_addrs, *forward.cc_addrs]
                 )
             except DeliveryError as exc:
-                self._failed_attempt(forward, exc, now, result)
+                self._failed_attempt(session, forward, attempts, exc, now, result)
                 return
             crash_point("smtp-accepted")
-            forward.status, forward.sent_at, forward.last_error = "sent", utcnow(), None
-            forward.attempts += 1
+            _set_state(session, forward.id, status="sent", sent_at=utcnow(), last_error=None,
+                       attempts=attempts)  # fmt: skip
             result.sent += 1
             if self._outage_logged:
                 log.info("forwarding works again")
@@ -291,28 +308,38 @@ class Forwarder:
             log.debug("forward %s delivered to %s", forward.rfc_message_id, forward.department)
 
     def _failed_attempt(
-        self, forward: Forward, exc: DeliveryError, now: datetime, result: FlushResult
+        self,
+        session: Session,
+        forward: Forward,
+        attempts: int,
+        exc: DeliveryError,
+        now: datetime,
+        result: FlushResult,
     ) -> None:
-        forward.attempts += 1
-        forward.last_error = str(exc)
-        if exc.permanent or forward.attempts >= self.settings.max_attempts:
-            forward.status = "failed"
+        if exc.permanent or attempts >= self.settings.max_attempts:
+            _set_state(session, forward.id, status="failed", attempts=attempts, last_error=str(exc))
             result.failed += 1
             log.error(
                 "forward %s to %s failed for good after %d attempt(s): %s "
                 "(retry with `triage outbox retry %d`)",
                 forward.rfc_message_id,
                 forward.department,
-                forward.attempts,
+                attempts,
                 exc,
                 forward.id,
             )
             return
-        forward.next_attempt_at = now + backoff(forward.attempts, self.settings.retry_base_seconds)
+        retry_at = now + backoff(attempts, self.settings.retry_base_seconds)
+        _set_state(session, forward.id, attempts=attempts, last_error=str(exc),
+                   next_attempt_at=retry_at)  # fmt: skip
         result.retrying += 1
         if not self._outage_logged:
             log.warning("forwarding is failing, will retry with backoff: %s", exc)
             self._outage_logged = True
+
+
+def _set_state(session: Session, forward_id: int, **values: Any) -> None:
+    session.execute(update(Forward.table()).where(Forward.id == forward_id).values(**values))
 
 
 def outbox_row(message_id: int, route: Route, from_address: str) -> dict[str, Any]:
@@ -337,11 +364,40 @@ def backoff(attempts: int, base_seconds: float) -> timedelta:
     return timedelta(seconds=delay * random.uniform(0.5, 1.0))
 
 
-def compose(session: Session, forward: Forward, settings: Forwarding) -> Email:
-    """The email a department receives: everything at a glance, the original attached."""
+def compose_all(
+    session: Session, forwards: Sequence[Forward], settings: Forwarding
+) -> list[tuple[Forward, Email]]:
+    """Each forward with the email its department receives; the labels of all their messages
+    (and of the customers' earlier ones) come in one query."""
+    earlier = [
+        _earlier(session, forward.message, settings.history_in_forward) for forward in forwards
+    ]
+    labels = _labels_of(
+        session,
+        [
+            *(forward.message.id for forward in forwards),
+            *(row.id for _, recent in earlier for row in recent),
+        ],
+    )
+    return [
+        (forward, compose(forward, history, labels, settings))
+        for forward, history in zip(forwards, earlier, strict=True)
+    ]
+
+
+def compose(
+    forward: Forward,
+    earlier: tuple[int, Sequence[Any]],
+    labels: dict[int, dict[str, _Label]],
+    settings: Forwarding,
+) -> Email:
+    """The email a department receives: everything at a glance, the original attached.
+
+    ``earlier``: the customer's earlier requests (how many, the latest rows); ``labels``: the
+    labels of this message and of those rows.
+    """
     message = forward.message
-    count, recent = _earlier(session, message, settings.history_in_forward)
-    labels = _labels_of(session, [message.id, *(row.id for row in recent)])
+    count, recent = earlier
     # A boundary of our own: the generator would otherwise search the whole forward for its
     # random one with a freshly compiled regex; 96 random bits never occur in mail by chance.
     mail = MIMEMultipart(boundary=f"=_triage_{secrets.token_hex(12)}")
