@@ -339,6 +339,7 @@ class Forwarder:
 
 
 def _set_state(session: Session, forward_id: int, **values: Any) -> None:
+    """A forward's new state in one UPDATE: no ORM unit of work for a row nobody reads back."""
     session.execute(update(Forward.table()).where(Forward.id == forward_id).values(**values))
 
 
