@@ -517,7 +517,8 @@ def _random_tree(rng: random.Random, depth: int = 0) -> tuple[str, bytes]:
             inner_type, inner = _random_tree(rng, depth + 1)
             lines.append(f"Content-Type: {inner_type}\n".encode() + b"\n" + inner)
             continue
-        decoy = rng.choice([b"--" + rng.choice(BOUNDARIES).encode() + b" text", b"-- ", b""])
+        quoted = b'Content-Type: multipart/mixed; boundary="QUOTED"\n\n--QUOTED\nq\n--QUOTED--'
+        decoy = rng.choice([b"--" + rng.choice(BOUNDARIES).encode() + b" text", b"-- ", quoted])
         kind = rng.choice(["text/plain; charset=utf-8", "text/html", "application/pdf"])
         lines.append(part(f"part {index} {UK_TEXT[:40]}".encode() + b"\n" + decoy, kind))
     lines.append(b"--" + boundary.encode() + b"--" + rng.choice([b"", b" "]))
@@ -560,12 +561,15 @@ def test_renaming_boundaries_changes_no_parse(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_boundaries_are_renamed_only_where_the_parser_reads_them() -> None:
-    ctype, body = multipart("mixed", [part(b"--BOUNDARY is my word\n--BOUNDARYX", "text/plain")])
+    quoted = b'Content-Type: multipart/mixed; boundary="QUOTED"\n\n--QUOTED\n'
+    text = part(b"--BOUNDARY is my word\n--BOUNDARYX\n" + quoted, "text/plain")
+    ctype, body = multipart("mixed", [text])
     raw = make(body, content_type=ctype)
     canonical = normalize._with_canonical_boundaries(raw)
     assert b'boundary="triage=_1"' in canonical and b"\r\n--triage=_1\r\n" in canonical
     assert b"\r\n--triage=_1--\r\n" in canonical
     assert b"--BOUNDARY is my word\r\n--BOUNDARYX" in canonical
+    assert quoted.replace(b"\n", b"\r\n") in canonical  # a header quoted in a text is text
     for odd in (raw.replace(b"\r\n", b"\r"), raw.replace(b'"BOUNDARY"', b'"BOUND\\ARY"')):
         assert normalize._with_canonical_boundaries(odd) == odd
 

@@ -1133,6 +1133,8 @@ def _boundary_params(raw: bytes) -> tuple[dict[bytes, bytes], list[_Edit]] | Non
     names: dict[bytes, bytes] = {}
     edits: list[_Edit] = []
     for header in _MULTIPART_FIELD.finditer(raw):
+        if not _in_header_block(raw, header.start(), names):
+            continue
         params = list(_BOUNDARY_PARAM.finditer(raw, header.start(), header.end()))
         if len(params) != len(_BOUNDARY_NAME.findall(header.group())):
             return None
@@ -1149,6 +1151,25 @@ def _boundary_params(raw: bytes) -> tuple[dict[bytes, bytes], list[_Edit]] | Non
     return names, edits
 
 
+def _in_header_block(raw: bytes, at: int, boundaries: Iterable[bytes]) -> bool:
+    """Whether the line at ``at`` is a header: of the message (no blank line before it), or of
+    a part (after a delimiter line of a boundary declared before it, with no blank line
+    between). A header quoted in a text is neither: the parser never reads it as one."""
+    blank = max(raw.rfind(b"\n\n", 0, at), raw.rfind(b"\n\r\n", 0, at))
+    if blank == -1:
+        return True
+    dash = raw.rfind(b"\n--", blank, at)
+    if dash == -1:
+        return False
+    line = raw[dash + 3 : raw.index(b"\n", dash + 1)].rstrip(b"\r")
+    return any(_is_delimiter(line, boundary) for boundary in boundaries)
+
+
+def _is_delimiter(line: bytes, boundary: bytes) -> bool:
+    """Whether a line (after its "--") delimits ``boundary``, as the stdlib parser matches it."""
+    return line.startswith(boundary) and _DELIMITER_TAIL.fullmatch(line, len(boundary)) is not None
+
+
 def _with_canonical_boundaries(raw: bytes) -> bytes:
     """``raw`` with its multipart boundaries renamed ``triage=_1``, ``triage=_2``, ...
 
@@ -1157,7 +1178,7 @@ def _with_canonical_boundaries(raw: bytes) -> bytes:
     typical mail. Renamed, boundaries repeat and the compiled expressions are reused. Only what
     the parser reads as a boundary is renamed (the parameter of a multipart Content-Type and
     the delimiter lines that match it exactly), so it parses the same; unusual forms (bare CR
-    line ends, escapes, overlapping boundaries) are left as they are.
+    line ends, escapes, overlapping boundaries) and attached messages are left as they are.
     """
     if b"oundary" not in raw and b"OUNDARY" not in raw:
         return raw
@@ -1171,7 +1192,7 @@ def _with_canonical_boundaries(raw: bytes) -> bytes:
     for line in _DELIMITER_LINE.finditer(raw):
         rest = line.group(1)
         for value, name in names.items():
-            if rest.startswith(value) and _DELIMITER_TAIL.fullmatch(rest, len(value)):
+            if _is_delimiter(rest, value):
                 edits.append((line.start(1), line.start(1) + len(value), name))
                 break
     edits.sort()
