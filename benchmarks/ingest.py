@@ -8,7 +8,8 @@ made unique: its Message-ID, sender and MIME boundaries), then measures side by 
   floor, which the ratios are taken against); also the same with imaplib's protocol trace off, as
   triage fetches, reported beside it (``floor_untraced_msgs_per_s``): nearly three times faster;
 - triage on SQLite and on PostgreSQL: one ``run --once`` pass (fetch, parse, classify with the
-  demo model, store, queue forwards), each in its own process, so peak RSS is its own.
+  demo model, store, queue forwards), each in its own process, so peak RSS is its own; with the
+  CPU time per message of the polling process (all its threads) and of the parsing processes.
 
 Usage: ``python benchmarks/ingest.py [--n 10000] [--json] [--skip-postgres] [--preload M]``.
 ``--preload M`` stores M synthetic messages (with their customers and labels) first, to show that
@@ -134,9 +135,12 @@ def child(config_path: str, go: str | None) -> None:
         time.sleep(0.01)
     memory = TreeMemory()
     memory.start()
+    parsers = _descendants(os.getpid())
+    cpu_before = _cpu_seconds([os.getpid()]), _cpu_seconds(parsers)
     started = time.time()
     result = worker.run_once()
     ended = time.time()
+    cpu_after = _cpu_seconds([os.getpid()]), _cpu_seconds(parsers)
     memory.stop()
     assert all(poll.error is None for poll in result.polls), result.polls
     print(json.dumps({
@@ -146,7 +150,20 @@ def child(config_path: str, go: str | None) -> None:
         # ru_maxrss, and the parent may have just stored a million messages (--preload).
         "peak_rss_mb": _kb(os.getpid(), "status", "VmHWM:") / 1024,
         "parse_rss_mb": memory.child_rss_mb, "tree_pss_mb": memory.tree_pss_mb,
+        "poller_cpu_s": cpu_after[0] - cpu_before[0], "parser_cpu_s": cpu_after[1] - cpu_before[1],
     }))  # fmt: skip
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of ``pids`` (all their threads), from /proc."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class TreeMemory(threading.Thread):
@@ -298,6 +315,7 @@ def triage_pass(config: Path, server: DovecotServer, workers: int = 1) -> dict[s
             key: max(n[key] for n in numbers)
             for key in ("peak_rss_mb", "parse_rss_mb", "tree_pss_mb")
         },
+        **{key: sum(n[key] for n in numbers) for key in ("poller_cpu_s", "parser_cpu_s")},
     }
 
 
@@ -336,7 +354,7 @@ def print_table(report: dict[str, float | None], args: argparse.Namespace) -> No
     print(f"{args.n} messages ({args.mix} mix), {report['mb']:.1f} MB, "
           f"mean {report['mb'] * 1e3 / args.n:.1f} KB (preloaded: {args.preload})")  # fmt: skip
     print(f"{'contender':<34}{'msgs/s':>9}{'MB/s':>7}{'ratio':>7}"
-          f"{'RSS MB':>8}{'parser RSS':>11}{'tree PSS':>10}")  # fmt: skip
+          f"{'RSS MB':>8}{'parser RSS':>11}{'tree PSS':>10}{'CPU ms/msg poll+parse':>23}")  # fmt: skip
     print(f"{'fetch floor (imapclient)':<34}{report['floor_msgs_per_s']:>9.0f}"
           f"{report['floor_mb_per_s']:>7.1f}")  # fmt: skip
     print(f"{'  the same, imaplib trace off':<34}{report['floor_untraced_msgs_per_s']:>9.0f}"
@@ -349,7 +367,8 @@ def print_table(report: dict[str, float | None], args: argparse.Namespace) -> No
             continue
         print(f"{label:<34}{rate:>9.0f}{rate * report['mb'] / args.n:>7.1f}"
               f"{rate / report['floor_msgs_per_s']:>7.2f}{report[f'{key}_peak_rss_mb']:>8.0f}"
-              f"{report[f'{key}_parse_rss_mb']:>11.0f}{report[f'{key}_tree_pss_mb']:>10.0f}")  # fmt: skip
+              f"{report[f'{key}_parse_rss_mb']:>11.0f}{report[f'{key}_tree_pss_mb']:>10.0f}"
+              f"{report[f'{key}_poller_cpu_ms']:>16.2f} + {report[f'{key}_parser_cpu_ms']:.2f}")  # fmt: skip
 
 
 def run(workdir: Path, server: DovecotServer, args: argparse.Namespace) -> dict[str, float | None]:
@@ -403,6 +422,8 @@ def _record(report: dict[str, float | None], key: str, numbers: dict[str, float]
     report[f"{key}_msgs_per_s"] = numbers["stored"] / numbers["seconds"]
     for name in ("peak_rss_mb", "parse_rss_mb", "tree_pss_mb"):
         report[f"{key}_{name}"] = numbers[name]
+    for name in ("poller", "parser"):  # CPU ms per message stored
+        report[f"{key}_{name}_cpu_ms"] = numbers[f"{name}_cpu_s"] * 1e3 / max(1, numbers["stored"])
 
 
 if __name__ == "__main__":
