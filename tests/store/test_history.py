@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import insert, select
 
 from triage.store import history
@@ -39,3 +41,51 @@ def test_labels_are_stored_as_given(db: Database) -> None:
         (second, "urgency", "urgent", 1.0, "v2"),
     ]
     assert all(row.created_at > earlier + timedelta(days=1) for row in rows)
+
+
+@pytest.mark.live
+def test_a_customer_created_by_a_racing_worker_is_found(postgres_url: str) -> None:
+    """Worker B inserts the same new identity as worker A, whose transaction is still open:
+    B's INSERT waits, skips it when A commits, and B still answers with A's customer."""
+    db = Database(postgres_url)
+    db.upgrade()
+    olena = ("email", "olena@example.com")
+    answers: list[dict[tuple[str, str], int]] = []
+    with db.transaction() as first:
+        created = history.customer_ids(first, {olena: "Olena"})
+        racing = threading.Thread(target=lambda: answers.append(_customers(db, olena)))
+        racing.start()
+        racing.join(0.5)
+        assert racing.is_alive()  # waiting on the row A has not committed
+    racing.join(10)
+    db.dispose()
+    assert answers == [created]
+
+
+def _customers(db: Database, identity: tuple[str, str]) -> dict[tuple[str, str], int]:
+    with db.transaction() as session:
+        return history.customer_ids(session, {identity: "Olena P."})
+
+
+@pytest.mark.live
+def test_a_conversation_created_by_a_racing_worker_is_found(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    db.upgrade()
+    with db.transaction() as session:
+        customer = history.customer_ids(session, {("email", "o@example.com"): "O"})
+    thread = {"email:<root@example.com>": (*customer.values(), "Refund", utcnow())}
+    answers: list[dict[str, int]] = []
+
+    def race() -> None:
+        with db.transaction() as session:
+            answers.append(history.conversation_ids(session, thread))
+
+    with db.transaction() as first:
+        created = history.conversation_ids(first, thread)
+        racing = threading.Thread(target=race)
+        racing.start()
+        racing.join(0.5)
+        assert racing.is_alive()
+    racing.join(10)
+    db.dispose()
+    assert answers == [created]

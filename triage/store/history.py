@@ -67,7 +67,8 @@ def is_one_of(identities: Iterable[Identity]) -> ColumnElement[bool]:
 
 
 def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identity, int]:
-    """The id of every identity in ``names`` (identity -> display name), creating missing ones."""
+    """The id of every identity in ``names`` (identity -> display name), creating missing ones
+    (their ids come back from the INSERT: no second read unless another worker raced us)."""
     if not names:
         return {}
     wanted = list(names)
@@ -85,8 +86,13 @@ def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identi
         if (c, a) not in found
     ]
     if missing:
-        session.execute(_insert_ignoring_conflicts(session, Customer.table()), missing)
-        found = known()
+        statement = _insert_ignoring_conflicts(session, Customer.table()).returning(
+            Customer.channel, Customer.address, Customer.id
+        )
+        inserted = session.connection().execute(statement, missing)
+        found.update({(channel, address): id_ for channel, address, id_ in inserted})
+        if len(found) < len(wanted):  # another worker inserted some meanwhile
+            found = known()
     return found
 
 
@@ -120,8 +126,13 @@ def conversation_ids(
         if key not in found
     ]
     if missing:
-        session.execute(_insert_ignoring_conflicts(session, Conversation.table()), missing)
-        found = known()
+        statement = _insert_ignoring_conflicts(session, Conversation.table()).returning(
+            Conversation.thread_key, Conversation.id, Conversation.last_message_at
+        )
+        inserted = session.connection().execute(statement, missing)
+        found.update({key: (id_, last) for key, id_, last in inserted})
+        if len(found) < len(keys):  # another worker inserted some meanwhile
+            found = known()
     later = [
         {"conversation": found[key][0], "at": at}
         for key, (_, _, at) in threads.items()
