@@ -29,7 +29,7 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
 from tests.servers.dovecot import DovecotServer
-from tests.servers.smtp import SmtpServer
+from tests.servers.smtp import Received, SmtpServer
 from triage.scheduler import Worker
 from triage.store.schema import Classification, Forward, Message, SourceState
 
@@ -120,9 +120,11 @@ def unsent(worker: Worker) -> int:
 
 
 def kill_while_leasing(
-    worker: Worker, process: subprocess.Popen[str], owner: str, seconds: float = 5
-) -> str | None:
-    """SIGKILL ``process`` as soon as it holds a source's lease; returns that source."""
+    worker: Worker, process: subprocess.Popen[str], owner: str, smtp_port: int, seconds: float = 5
+) -> tuple[str | None, set[int]]:
+    """SIGKILL ``process`` as soon as it holds a source's lease; returns that source and the
+    local ports of its connections to the SMTP server, read while it is stopped (SIGSTOP), so
+    that what it was sending at the kill can be told from what live workers sent."""
     deadline = time.monotonic() + seconds
     held = None
     while held is None and time.monotonic() < deadline:
@@ -132,8 +134,29 @@ def kill_while_leasing(
                     SourceState.lease_owner == owner, SourceState.lease_expires_at > func.now()
                 )
             )
+    process.send_signal(signal.SIGSTOP)
+    ports = _client_ports(process.pid, smtp_port)
     process.send_signal(signal.SIGKILL)
-    return held
+    return held, ports
+
+
+def _client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of ``pid``'s TCP connections to ``server_port`` on loopback (/proc)."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in sockets and int(remote.rpartition(":")[2], 16) == server_port:
+            ports.add(int(local.rpartition(":")[2], 16))
+    return ports
 
 
 @pytest.fixture
@@ -200,16 +223,12 @@ def test_workers_share_sources_and_survive_a_killed_one(
         workers(config, env)
     backlog = sum(mail.sent.values())
     assert wait_until(lambda: stored(worker) >= backlog, 30), "the workers stored nothing"
-    held = None
+    held, victim_ports = None, set[int]()
     for round_ in range(ROUNDS):
         mail.deliver(2)
         if round_ == 1:
-            held = kill_while_leasing(worker, victim, "w0")
+            held, victim_ports = kill_while_leasing(worker, victim, "w0", smtp_server.port)
             assert victim.wait(timeout=10) == -signal.SIGKILL
-            # A transaction the victim completed lands when the server thread gets to it,
-            # which on two loaded cores took longer than 0.2 s.
-            time.sleep(2)
-            sent_before_kill = Counter(_message_ids(smtp_server))
         time.sleep(0.7)
     assert held is not None, "w0 never held a source to be killed with"
 
@@ -252,7 +271,12 @@ def test_workers_share_sources_and_survive_a_killed_one(
     # (same Message-ID, so the receiving side can collapse it). Live workers never send twice.
     twice = {mid: n for mid, n in delivered.items() if n > 1}
     assert len(twice) <= 1 and all(n == 2 for n in twice.values()), twice
-    assert all(sent_before_kill[mid] == 1 for mid in twice), (twice, "re-sent by a live worker")
+    senders = {mid: [m.client_port in victim_ports for m in smtp_server.messages
+                     if _message_id(m) == mid] for mid in twice}  # fmt: skip
+    assert all(sorted(by_victim) == [False, True] for by_victim in senders.values()), (
+        senders,
+        "re-sent by a live worker",
+    )
     logs = {i: (tmp_path / f"w{i}.log").read_text() for i in range(1, scale.workers)}
     assert not any("Traceback" in log for log in logs.values())
     idle = [f"w{i}" for i, log in logs.items() if not _STORED_A_BATCH.search(log)]
@@ -260,4 +284,8 @@ def test_workers_share_sources_and_survive_a_killed_one(
 
 
 def _message_ids(server: SmtpServer) -> list[str]:
-    return [str(message_from_bytes(m.content)["Message-ID"]) for m in server.messages]
+    return [_message_id(m) for m in server.messages]
+
+
+def _message_id(message: Received) -> str:
+    return str(message_from_bytes(message.content)["Message-ID"])

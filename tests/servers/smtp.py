@@ -1,6 +1,6 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 that keeps what it accepts.
 
-Every accepted message is stored as ``Received(mail_from, rcpt_tos, content)`` in
+Every accepted message is stored as ``Received(mail_from, rcpt_tos, content, client_port)`` in
 ``server.messages``. ``fail_next()`` makes the next transactions get a chosen reply at RCPT or
 DATA, as GNU Mailman's ``testing/mta.py`` does with ``_next_error``, so a test can drive a
 forwarder through 4xx (retry) and 5xx (dead letter) paths against a real SMTP conversation.
@@ -33,11 +33,13 @@ _START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding 
 
 
 class Received(NamedTuple):
-    """One accepted message: envelope sender, envelope recipients, raw bytes."""
+    """One accepted message: envelope sender, envelope recipients, raw bytes, and the port the
+    client sent it from (which process sent it, when several do)."""
 
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+    client_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,10 @@ class _Handler:
             log.debug("injected %r for DATA", fault.reply)
             return fault.reply
         content = envelope.original_content or b""
-        self._server._store(Received(envelope.mail_from or "", list(envelope.rcpt_tos), content))
+        port = session.peer[1] if isinstance(session.peer, tuple) else 0
+        self._server._store(
+            Received(envelope.mail_from or "", list(envelope.rcpt_tos), content, port)
+        )
         return "250 Message accepted for delivery"
 
 
