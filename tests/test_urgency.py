@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from email.message import Message as Email
@@ -23,6 +24,7 @@ from triage.urgency import (
     RECENT_CONTACTS_COUNTED,
     Assessment,
     assess,
+    compiled_markers,
     count_recent,
     is_vip,
     marker_reasons,
@@ -96,6 +98,28 @@ def test_markers_of_several_categories_are_each_a_reason() -> None:
         'reports an outage ("down")',
         'threatens legal action ("lawyer")',
     ]
+
+
+def test_the_quick_check_never_hides_a_marker_the_regex_finds() -> None:
+    """Markers cut, recased, spread over lines and glued to other words: the substring check
+    that spares most mail the regex lets through every text the regex matches."""
+    markers = Urgency().markers
+    words = [w for languages in markers.values() for ws in languages.values() for w in ws]
+    rng = random.Random(3)
+    found = 0
+    for _ in range(3000):
+        word = rng.choice(words).removesuffix("*") + rng.choice(["", "ами", "s"])
+        word = "".join(c.upper() if rng.random() < 0.3 else c for c in word)
+        word = word.replace(" ", rng.choice([" ", "  ", "\n", "\t "]))
+        text = (
+            rng.choice(["", "Please, ", "Subject\n", "x"])
+            + word
+            + rng.choice(["", "!", " now", "y"])
+        )
+        by_regex = bool(compiled_markers(markers)[0].search(text))
+        assert bool(marker_reasons(text, markers)) == by_regex, text
+        found += by_regex
+    assert found > 500
 
 
 def test_markers_are_extendable_per_language() -> None:

@@ -96,11 +96,7 @@ def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]
     A marker matches whole words, case-insensitively; a trailing ``*`` also matches any ending
     (``адвокат*`` finds "адвоката"), for inflected languages.
     """
-    by_category: dict[str, list[str]] = {}
-    for languages in markers.values():
-        for category, words in languages.items():
-            by_category.setdefault(category, []).extend(words)
-    pattern, categories, stems = _pattern(tuple((c, tuple(w)) for c, w in by_category.items() if w))
+    pattern, categories, stems = compiled_markers(markers)
     lowered = text.lower()
     if not any(stem in lowered for stem in stems):
         return []  # the common case, at the cost of a substring search
@@ -114,6 +110,17 @@ def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]
         f"{CATEGORY_NAMES.get(category, category)} ({', '.join(map(_quote, words))})"
         for category, words in found.items()
     ]
+
+
+def compiled_markers(
+    markers: Mapping[str, Mapping[str, Sequence[str]]],
+) -> tuple[re.Pattern[str], dict[str, str], frozenset[str]]:
+    """The markers of every language merged by category, compiled (cached per word list)."""
+    by_category: dict[str, list[str]] = {}
+    for languages in markers.values():
+        for category, words in languages.items():
+            by_category.setdefault(category, []).extend(words)
+    return _pattern(tuple((c, tuple(w)) for c, w in by_category.items() if w))
 
 
 @lru_cache(maxsize=64)
