@@ -50,6 +50,15 @@ def _insert_ignoring_conflicts(session: Session, table: Table) -> Insert:
     return insert(table)
 
 
+def _insert_new(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], *columns: Any
+) -> list[tuple[Any, ...]]:
+    """Insert ``rows``, skipping those another worker inserted meanwhile; ``columns`` of the
+    rows inserted here."""
+    statement = _insert_ignoring_conflicts(session, table).returning(*columns)
+    return [tuple(row) for row in session.connection().execute(statement, rows)]
+
+
 def is_one_of(identities: Iterable[Identity]) -> ColumnElement[bool]:
     """A condition on ``Customer`` matching these identities, one ``channel = ? AND address
     IN (...)`` per channel: an index search on both databases, where SQLite answers a row-value
@@ -86,10 +95,9 @@ def customer_ids(session: Session, names: Mapping[Identity, str]) -> dict[Identi
         if (c, a) not in found
     ]
     if missing:
-        statement = _insert_ignoring_conflicts(session, Customer.table()).returning(
-            Customer.channel, Customer.address, Customer.id
+        inserted = _insert_new(
+            session, Customer.table(), missing, Customer.channel, Customer.address, Customer.id
         )
-        inserted = session.connection().execute(statement, missing)
         found.update({(channel, address): id_ for channel, address, id_ in inserted})
         if len(found) < len(wanted):  # another worker inserted some meanwhile
             found = known()
@@ -126,10 +134,8 @@ def conversation_ids(
         if key not in found
     ]
     if missing:
-        statement = _insert_ignoring_conflicts(session, Conversation.table()).returning(
-            Conversation.thread_key, Conversation.id, Conversation.last_message_at
-        )
-        inserted = session.connection().execute(statement, missing)
+        columns = (Conversation.thread_key, Conversation.id, Conversation.last_message_at)
+        inserted = _insert_new(session, Conversation.table(), missing, *columns)
         found.update({key: (id_, last) for key, id_, last in inserted})
         if len(found) < len(keys):  # another worker inserted some meanwhile
             found = known()
@@ -174,7 +180,7 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
     return [new_ids[row["source"], row["content_key"]] for row in rows]
 
 
-_LABEL_COLUMNS = ("message_id", "axis", "label", "confidence", "model_version", "created_at")
+_LABEL_COLUMNS = ("message_id", "axis", "label", "confidence", "model_version")
 
 
 def _unnest_insert(table: Table, names: Sequence[str]) -> Insert:
@@ -184,7 +190,7 @@ def _unnest_insert(table: Table, names: Sequence[str]) -> Insert:
     return insert(table).from_select(list(names), select(*(rows.c[name] for name in names)))
 
 
-_INSERT_LABELS = _unnest_insert(Classification.table(), _LABEL_COLUMNS)
+_INSERT_LABELS = _unnest_insert(Classification.table(), (*_LABEL_COLUMNS, "created_at"))
 
 
 def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -194,7 +200,7 @@ def insert_classifications(session: Session, rows: Sequence[dict[str, Any]]) -> 
     if session.get_bind().dialect.name != "postgresql":
         _insert_many(session, Classification.table(), rows)
     elif rows:
-        columns = {name: [row[name] for row in rows] for name in _LABEL_COLUMNS[:-1]}
+        columns = {name: [row[name] for row in rows] for name in _LABEL_COLUMNS}
         session.connection().execute(
             _INSERT_LABELS, {**columns, "created_at": [utcnow()] * len(rows)}
         )
