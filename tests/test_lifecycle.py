@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -207,6 +208,44 @@ def test_rollback_steps_back_through_activations(
         ("v-two", "b", False),
         ("v-two", "b", False),
     ]
+
+
+def test_a_model_folder_unknown_to_this_database_is_registered_when_activated(
+    tmp_path: Path,
+    tiny_model: tuple[Classifier, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model trained against another database (or copied from another host) into
+    models_dir is activated by its name on this one."""
+    config = write_config(tmp_path)
+    classifier, path = tiny_model
+    shutil.copytree(path, tmp_path / "models" / classifier.version)
+
+    code, out, _ = run(capsys, monkeypatch, config, "models", "activate", classifier.version)
+
+    assert (code, active_version(config)) == (0, classifier.version)
+    assert f"model {classifier.version} is active" in out
+    code, out, _ = run(capsys, monkeypatch, config, "models", "list")
+    assert code == 0 and classifier.version in out
+
+
+def test_activate_refuses_a_folder_that_holds_another_version_or_a_path(
+    tmp_path: Path,
+    tiny_model: tuple[Classifier, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tmp_path)
+    classifier, path = tiny_model
+    shutil.copytree(path, tmp_path / "models" / "renamed")
+    shutil.copytree(path, tmp_path / "outside")
+
+    code, _, err = run(capsys, monkeypatch, config, "models", "activate", "renamed")
+    assert code == 4 and f"holds model {classifier.version}" in err
+    code, _, err = run(capsys, monkeypatch, config, "models", "activate", "../outside")
+    assert code == 4 and "no model version '../outside'" in err
+    assert active_version(config) is None
 
 
 @pytest.fixture

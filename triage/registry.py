@@ -52,14 +52,18 @@ class ModelRegistry:
     def activate(self, version: str, *, by: str = "", reason: str = "") -> None:
         """Make ``version`` the one every worker uses, and record the activation.
 
+        A version folder in models_dir that this database does not know yet (trained against
+        another database, copied from another host) is registered first.
+
         Raises:
             NoActiveModel: the version is unknown or its artifact does not load.
         """
+        self._register_from_disk(version)
         with self.db.transaction() as session:
             row = session.get(ModelVersion, version)
             if row is None:
                 raise NoActiveModel(f"no model version {version!r}; see `triage models list`")
-            self._load(row)  # refuse to activate what cannot be loaded
+            self._load(row.version)  # refuse to activate what cannot be loaded
             session.execute(update(ModelVersion).values(active=False))
             row.active, row.activated_at = True, utcnow()
             session.add(ModelActivation(version=version, activated_by=by, reason=reason))
@@ -101,7 +105,7 @@ class ModelRegistry:
                 )
             previous = session.get(ModelVersion, stack[top].version)
             assert previous is not None  # a foreign key
-            self._load(previous)  # raises before anything is committed
+            self._load(previous.version)  # raises before anything is committed
             session.execute(update(ModelVersion).values(active=False))
             previous.active, previous.activated_at = True, now
             log.info("rolled back from model %s to %s", current.version, previous.version)
@@ -115,23 +119,37 @@ class ModelRegistry:
         with self.db.session() as session:
             return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
 
-    def path_of(self, row: ModelVersion) -> Path:
-        """The artifact folder. Only the configured models_dir is trusted: joblib files are
-        pickles, and unpickling runs code."""
-        return self.models_dir / row.version
+    def _register_from_disk(self, version: str) -> None:
+        """Record ``version`` if its folder is in models_dir and this database lacks it."""
+        if version in {"", ".", ".."} or Path(version).name != version:
+            return  # not a folder name: never look outside models_dir
+        if not (self.models_dir / version).is_dir():
+            return
+        with self.db.session() as session:
+            if session.get(ModelVersion, version) is not None:
+                return
+        classifier = self._load(version)
+        if classifier.version != version:
+            raise NoActiveModel(
+                f"the folder {self.models_dir / version} holds model {classifier.version}, "
+                "not a version of its own name"
+            )
+        self.register(classifier, self.models_dir / version, activate=False)
 
-    def _load(self, row: ModelVersion) -> Classifier:
-        path = self.path_of(row)
+    def _load(self, version: str) -> Classifier:
+        """The artifact of ``version``, from the configured models_dir only: joblib files are
+        pickles, and unpickling runs code."""
+        path = self.models_dir / version
         for item in [path, *path.glob("*")] if path.exists() else []:
             if item.stat().st_mode & stat.S_IWOTH:
                 raise NoActiveModel(
-                    f"refusing to load model {row.version}: {item} is writable by others "
+                    f"refusing to load model {version}: {item} is writable by others "
                     f"(run chmod o-w {item})"
                 )
         try:
             return Classifier.load(path)
         except ModelError as exc:
-            raise NoActiveModel(f"model {row.version} cannot be used: {exc}") from None
+            raise NoActiveModel(f"model {version} cannot be used: {exc}") from None
 
     def load_active(self) -> Classifier:
         """The active classifier.
@@ -144,7 +162,7 @@ class ModelRegistry:
             raise NoActiveModel(
                 "no model is active; train one with `triage train --data FILE ... --activate`"
             )
-        return self._load(row)
+        return self._load(row.version)
 
 
 class ActiveClassifier:
