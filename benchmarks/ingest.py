@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,6 +45,10 @@ from imapclient import IMAPClient  # noqa: E402
 from tests.servers.certs import make_cert  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 from tests.servers.postgres import drop_database, make_database  # noqa: E402
+from triage import prepare  # noqa: E402
+from triage.normalize import ParsedEmail  # noqa: E402
+
+PARSE_FREE_ENV = "BENCH_PARSE_FREE"
 
 TRAIN = ["--data", str(ROOT / "demo/training.csv"), "--text-column", "subject",
          "--text-column", "body", "--label", "kind", "--label", "area", "--label", "urgency"]  # fmt: skip
@@ -117,6 +122,37 @@ def floor(server: DovecotServer, user: str, trace: bool = True) -> dict[str, flo
     seconds = time.perf_counter() - started
     client.logout()
     return {"msgs_per_s": len(uids) / seconds, "mb_per_s": size / seconds / 1e6, "seconds": seconds}
+
+
+def parse_free() -> None:
+    """The what-if behind ``--parse-ceiling``: each template mail is parsed once; its copies get
+    that result with their own Message-ID and sender (a few regex searches), as if parsing and
+    normalizing cost nothing, while classification, storage and forwards stay real."""
+    parse = prepare.NORMALIZERS["rfc822"]
+    parsed: dict[tuple[bytes, bytes], ParsedEmail] = {}
+    headers = re.compile(rb"(?im)^(message-id|from|subject|date):[ \t]*([^\r\n]*)")
+    address = re.compile(rb"[\w.+-]+@[\w.-]+")
+
+    def memoized(raw: bytes) -> ParsedEmail:
+        found = {name.lower(): value for name, value in headers.findall(raw, 0, 4096)}
+        key = found.get(b"subject", b""), found.get(b"date", b"")
+        if key not in parsed:
+            parsed[key] = parse(raw)
+        template, own_id = parsed[key], found[b"message-id"].decode()
+        starts_thread = template.thread_key == template.message_id
+        sender = address.search(found.get(b"from", b""))
+        return replace(
+            template,
+            message_id=own_id,
+            thread_key=own_id if starts_thread else template.thread_key,
+            sender_address=sender.group().decode().lower() if sender else "",
+        )
+
+    prepare.NORMALIZERS["rfc822"] = memoized
+
+
+if os.environ.get(PARSE_FREE_ENV):  # also in the parsing processes, which import this module
+    parse_free()
 
 
 def child(config_path: str, go: str | None) -> None:
@@ -267,8 +303,11 @@ def _preload(url: str, count: int) -> None:
 
 
 def write_config(workdir: Path, server: DovecotServer, users: list[str], db_url: str) -> Path:
-    """A config with one IMAP source per user, trained with the demo model."""
+    """A config with one IMAP source per user and the demo model active: trained by the first
+    config of a benchmark run, then only activated (every config shares the models folder)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    models = workdir.parent / "models"
+    trained = sorted(p.name for p in models.iterdir()) if models.is_dir() else []
     config = workdir / "config.toml"
     sources = "".join(
         f'[[sources]]\nname = "bench-{i}"\ntype = "imap"\nhost = "{server.host}"\n'
@@ -277,25 +316,29 @@ def write_config(workdir: Path, server: DovecotServer, users: list[str], db_url:
         for i, user in enumerate(users)
     )
     config.write_text(
-        f'[database]\nurl = "{db_url}"\n[classifier]\nmodels_dir = "{workdir / "models"}"\n'
+        f'[database]\nurl = "{db_url}"\n[classifier]\nmodels_dir = "{models}"\n'
         f'[forwarding]\ndirectory = "{workdir / "forwards"}"\n'
         '[[departments]]\nname = "billing"\nemail = "b@x.test"\nareas = ["billing"]\n' + sources,
         encoding="utf-8",
     )
     triage = [sys.executable, "-m", "triage", "--config", str(config), "--log-level", "WARNING"]
     env = {**os.environ, "BENCH_IMAP_PASSWORD": server.password}
-    subprocess.run(
-        [*triage, "train", *TRAIN, "--activate"], env=env, check=True, capture_output=True
-    )
+    model = ["models", "activate", trained[-1]] if trained else ["train", *TRAIN, "--activate"]
+    subprocess.run([*triage, *model], env=env, check=True, capture_output=True)
     return config
 
 
-def triage_pass(config: Path, server: DovecotServer, workers: int = 1) -> dict[str, float]:
+def triage_pass(
+    config: Path, server: DovecotServer, workers: int = 1, free_parsing: bool = False
+) -> dict[str, float]:
     """``workers`` processes each run one pass over the config's sources, started together;
     returns the messages stored, the wall time from the first start to the last end, and the
-    largest memory figures of any one worker."""
+    largest memory figures of any one worker. ``free_parsing``: see `parse_free`."""
     go = config.parent / f"go-{workers}"
     env = {**os.environ, "BENCH_IMAP_PASSWORD": server.password}
+    env.pop(PARSE_FREE_ENV, None)
+    if free_parsing:
+        env[PARSE_FREE_ENV] = "1"
     command = [sys.executable, __file__, "--child", str(config)]
     children = [
         subprocess.Popen([*command, "--go", str(go)], env=env, stdout=subprocess.PIPE, text=True)
@@ -333,6 +376,9 @@ def main() -> None:
                         help="passes per database, each on a fresh one; the median is shown")  # fmt: skip
     parser.add_argument("--workers", action="store_true",
                         help="also 1 and 2 worker processes over 8 mailboxes (PostgreSQL)")  # fmt: skip
+    parser.add_argument("--parse-ceiling", action="store_true",
+                        help="also a SQLite pass as if parsing cost nothing: the most a faster "
+                        "MIME parser could give")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--go", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -364,6 +410,7 @@ def print_table(report: dict[str, float | None], args: argparse.Namespace) -> No
     print(f"{'  the same, imaplib trace off':<34}{report['floor_untraced_msgs_per_s']:>9.0f}"
           f"{report['floor_untraced_mb_per_s']:>7.1f}")  # fmt: skip
     rows = [(f"triage run --once, {b}", b) for b in ("sqlite", "postgres")]
+    rows.append(("  sqlite, parsing free (ceiling)", "sqlite_parse_free"))
     rows += [(f"{k} worker(s), 8 mailboxes, postgres", f"workers_{k}") for k in (1, 2)]
     for label, key in rows:
         rate = report.get(f"{key}_msgs_per_s")
@@ -407,6 +454,11 @@ def run(workdir: Path, server: DovecotServer, args: argparse.Namespace) -> dict[
         report[f"{name}_min_msgs_per_s"], report[f"{name}_max_msgs_per_s"] = rates[0], rates[-1]
         report[f"ratio_{name}"] = report[f"{name}_msgs_per_s"] / measured["msgs_per_s"]  # type: ignore[operator]
     report["peak_rss_mb"] = max(report[f"{n}_peak_rss_mb"] for n in backends)  # type: ignore[type-var]
+    if args.parse_ceiling:
+        numbers = _measure(workdir / "sqlite-parse-free", "sqlite", server, user, args, True)
+        _record(report, "sqlite_parse_free", numbers)
+        rate = numbers["stored"] / numbers["seconds"]
+        report["ratio_sqlite_parse_free"] = rate / measured["msgs_per_s"]
     if args.workers and not args.skip_postgres:
         users = [server.new_user() for _ in range(8)]
         for index, mailbox in enumerate(users):
@@ -424,7 +476,12 @@ def run(workdir: Path, server: DovecotServer, args: argparse.Namespace) -> dict[
 
 
 def _measure(
-    workdir: Path, backend: str, server: DovecotServer, user: str, args: argparse.Namespace
+    workdir: Path,
+    backend: str,
+    server: DovecotServer,
+    user: str,
+    args: argparse.Namespace,
+    free_parsing: bool = False,
 ) -> dict[str, float]:
     """One ``run --once`` pass over the mailbox, on a fresh database of ``backend``."""
     url = f"sqlite:///{workdir / 'triage.db'}" if backend == "sqlite" else make_database()
@@ -432,7 +489,7 @@ def _measure(
         config = write_config(workdir, server, [user], url)
         if args.preload:
             _preload(url, args.preload)
-        numbers = triage_pass(config, server)
+        numbers = triage_pass(config, server, free_parsing=free_parsing)
     finally:
         if backend == "postgres":
             drop_database(url)
