@@ -32,15 +32,16 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import Compat32
 from email.utils import format_datetime, make_msgid
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Executable, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session, joinedload
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
 from triage.faults import crash_point
-from triage.identities import same_person
+from triage.identities import PERSON_KEY, person_of, same_person
 from triage.routing import Route
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
@@ -282,11 +283,7 @@ class Forwarder:
         with self.db.transaction() as session:
             # Another worker on the same PostgreSQL may hold this forward: skip it, never send twice;
             # it may also have been sent since it was read.
-            state = session.execute(
-                select(Forward.status, Forward.attempts)
-                .where(Forward.id == forward.id)
-                .with_for_update(skip_locked=True)
-            ).first()
+            state = session.execute(_LOCK_STATE, {"forward_id": forward.id}).first()
             if state is None or state.status != "pending":
                 return
             attempts = state.attempts + 1
@@ -338,9 +335,20 @@ class Forwarder:
             self._outage_logged = True
 
 
+_LOCK_STATE = (
+    select(Forward.status, Forward.attempts)
+    .where(Forward.id == bindparam("forward_id"))
+    .with_for_update(skip_locked=True)
+)
+"""A forward's state, locked; SKIP LOCKED: another worker holds it (built once, like the next)."""
+
+_UPDATE_STATE = update(Forward.table()).where(Forward.table().c.id == bindparam("forward_id"))
+"""Sets the columns its parameters name."""
+
+
 def _set_state(session: Session, forward_id: int, **values: Any) -> None:
-    """A forward's new state in one UPDATE: no ORM unit of work for a row nobody reads back."""
-    session.execute(update(Forward.table()).where(Forward.id == forward_id).values(**values))
+    """A forward's new state in one Core UPDATE: no ORM unit of work for a row nobody reads."""
+    session.connection().execute(_UPDATE_STATE, {"forward_id": forward_id, **values})
 
 
 def outbox_row(message_id: int, route: Route, from_address: str) -> dict[str, Any]:
@@ -605,10 +613,22 @@ def _earlier(session: Session, message: Message, limit: int) -> tuple[int, Seque
     whatever the history's length."""
     if message.customer_id is None:
         return 0, []
-    person = select(Customer.id).where(same_person(session, message.customer_id))
+    linked, key = person_of(session, message.customer_id)
+    recent = session.execute(
+        _earlier_query(linked, limit),
+        {PERSON_KEY: key, "received_at": message.received_at, "message_id": message.id},
+    ).all()
+    return (recent[0].total if recent else 0), recent
+
+
+@cache
+def _earlier_query(linked: bool, limit: int) -> Executable:
+    """The query of `_earlier`, built once: building it cost more than running it."""
+    person = select(Customer.id).where(same_person(linked))
+    received_at = bindparam("received_at", type_=Message.received_at.type)
     # Columns, not Message rows: those would bring every earlier message's raw bytes along.
     # The window count is taken before LIMIT applies: all earlier requests, counted in passing.
-    recent = session.execute(
+    return (
         select(
             Message.id,
             Message.received_at,
@@ -618,13 +638,13 @@ def _earlier(session: Session, message: Message, limit: int) -> tuple[int, Seque
         )
         .where(
             Message.customer_id.in_(person.scalar_subquery()),
-            Message.received_at <= message.received_at,
-            tuple_(Message.received_at, Message.id) < tuple_(message.received_at, message.id),
+            Message.received_at <= received_at,
+            tuple_(Message.received_at, Message.id)
+            < tuple_(received_at, bindparam("message_id", type_=Message.id.type)),
         )
         .order_by(Message.received_at.desc())
         .limit(limit)
-    ).all()
-    return (recent[0].total if recent else 0), recent
+    )
 
 
 def _earlier_lines(recent: Sequence[Any], labels: dict[int, dict[str, _Label]]) -> list[str]:

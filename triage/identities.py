@@ -6,20 +6,30 @@ complaint on X shows the emails that came before it.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from triage.errors import TriageError
 from triage.store.database import Database
 from triage.store.schema import Customer
 
+PERSON_KEY = "person_key"
+"""The bound parameter of `same_person`, set to what `person_of` returns."""
 
-def same_person(session: Session, customer_id: int) -> ColumnElement[bool]:
-    """A condition on ``Customer`` matching every identity of this customer's person."""
+
+def person_of(session: Session, customer_id: int) -> tuple[bool, int]:
+    """(linked, key): the person id of a customer linked to other identities, else
+    (False, its own id)."""
     customer = session.get(Customer, customer_id)  # from the session's identity map when loaded
     if customer is None or customer.person_id is None:
-        return Customer.id == customer_id
-    return Customer.person_id == customer.person_id
+        return False, customer_id
+    return True, customer.person_id
+
+
+def same_person(linked: bool) -> ColumnElement[bool]:
+    """A condition on ``Customer`` matching every identity of a person; its key is the bound
+    parameter PERSON_KEY, so a statement built on it is built once, not for every customer."""
+    return (Customer.person_id if linked else Customer.id) == bindparam(PERSON_KEY)
 
 
 def find(session: Session, address: str) -> list[Customer]:
