@@ -8,7 +8,7 @@ import pytest
 
 from classifiers.base import Prediction
 from tests.helpers import make_config
-from triage.routing import Router
+from triage.routing import Router, review_reason
 
 
 def predictions(
@@ -94,3 +94,10 @@ def test_an_abstaining_model_sends_to_review(router: Router) -> None:
     guesses["area"] = Prediction("billing", 0.9, abstained=True)
     route = router.route(guesses, None)
     assert route.department == "review" and "out of scope" in route.reason
+
+
+def test_the_review_reason_reads_back_without_brackets(router: Router) -> None:
+    calm = router.route(predictions("complaint", "billing", confidence=0.3), None)
+    urgent = router.route(predictions("complaint", "returns", "urgent"), None)
+    assert review_reason(calm.reason) == "low confidence: complaint 0.30"
+    assert review_reason(urgent.reason) == "no department owns area 'returns'; urgent"

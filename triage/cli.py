@@ -40,6 +40,7 @@ from triage.identities import customer_ids, link
 from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
+from triage.routing import review_reason
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
 from triage.store.schema import SourceState, utcnow
@@ -787,7 +788,7 @@ def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
             i.sender,
             _short(i.subject, 40),
             ", ".join(f"{a} {g[0]} {g[1]:.2f}" for a, g in i.guesses.items()) or "-",
-            _short(i.routing.removeprefix(lifecycle.REVIEW_PREFIX).strip(" ()"), 50),
+            _short(review_reason(i.routing), 50),
             ", ".join(f"{a} {v}" for a, v in i.labels.items()) or "-",
         )
     out.print(table)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from triage import status
 from triage.config import Config
+from triage.routing import REVIEW_PREFIX, review_reason
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 
@@ -94,7 +95,7 @@ def review_queue(db: Database, limit: int = 25) -> list[ReviewRow]:
                 Message.id, Message.received_at, Customer.address, Message.subject, Message.routing
             )
             .outerjoin(Customer, Customer.id == Message.customer_id)
-            .where(Message.routing.startswith(status.REVIEW_PREFIX))
+            .where(Message.routing.startswith(REVIEW_PREFIX))
             .order_by(Message.received_at.desc(), Message.id.desc())
             .limit(limit)
         ).all()
@@ -116,7 +117,7 @@ def review_queue(db: Database, limit: int = 25) -> list[ReviewRow]:
             row.received_at,
             row.address or "",
             row.subject,
-            row.routing.removeprefix(status.REVIEW_PREFIX).strip(" ()"),
+            review_reason(row.routing),
             guesses.get(row.id, {}),
         )
         for row in rows

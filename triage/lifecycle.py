@@ -41,12 +41,11 @@ from classifiers.training import (
     train,
 )
 from triage.errors import TriageError
+from triage.routing import REVIEW_PREFIX
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Label, Message
 
 log = logging.getLogger(__name__)
-
-REVIEW_PREFIX = "sent to review"
 
 
 class UnknownMessage(TriageError):

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from triage import status
 from triage.config import Config
 from triage.pipeline import PollResult
+from triage.routing import REVIEW_PREFIX
 from triage.store.database import Database
 from triage.store.schema import Classification, Forward, Message
 
@@ -101,7 +102,7 @@ def _messages(db: Database) -> Iterator[Metric]:
         review = session.scalar(
             select(func.count())
             .select_from(Message)
-            .where(Message.routing.startswith(status.REVIEW_PREFIX))
+            .where(Message.routing.startswith(REVIEW_PREFIX))
         )
     yield _counted(
         "triage_messages_ingested",

@@ -15,6 +15,9 @@ from classifiers.base import Prediction
 from triage.config import Config
 
 KIND, AREA, URGENCY = "kind", "area", "urgency"
+REVIEW_PREFIX = "sent to review"
+"""How the routing text of a message sent to review begins."""
+URGENT_SUFFIX = ", escalated as urgent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +92,19 @@ class Router:
         review = self.routing.review_department
         if review is None:
             return Route(None, f"not forwarded: {why}; no review department configured")
-        return self._send(review, f"sent to review ({why})", urgent)
+        return self._send(review, f"{REVIEW_PREFIX} ({why})", urgent)
 
     def _send(self, department: str, reason: str, urgent: bool) -> Route:
         to = (self.redirect or self.emails[department],)
         escalation = self.routing.escalation_email if urgent else None
         cc = (self.redirect or escalation,) if escalation else ()
         if urgent:
-            reason += ", escalated as urgent"
+            reason += URGENT_SUFFIX
         return Route(department, reason, to, cc, urgent)
+
+
+def review_reason(routing: str) -> str:
+    """Why a message was sent to review, read back from its routing text."""
+    rest, urgent, _ = routing.removeprefix(REVIEW_PREFIX).partition(URGENT_SUFFIX)
+    why = rest.strip().removeprefix("(").removesuffix(")")
+    return f"{why}; urgent" if urgent else why

@@ -18,13 +18,11 @@ from triage.config import Config
 from triage.errors import NoActiveModel
 from triage.pipeline import Pipeline
 from triage.registry import ActiveClassifier, ModelRegistry
-from triage.routing import Router
+from triage.routing import REVIEW_PREFIX, Router
 from triage.store.database import Database
 from triage.store.schema import Forward, Message, ModelVersion, SourceState, utcnow
 
 log = logging.getLogger(__name__)
-
-REVIEW_PREFIX = "sent to review"  # Router.review's routing text
 
 
 @dataclass(frozen=True, slots=True)
