@@ -153,3 +153,9 @@ def test_bad_training_data_fails_cleanly(demo: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "Axis 'kind' has only one class ('complaint')" in result.stderr
+
+
+def test_the_config_option_after_the_command_says_where_it_belongs(demo: Path) -> None:
+    misplaced = triage(demo, "run", "--once", "--config", str(demo))
+    assert misplaced.returncode == 2
+    assert "--config belongs before the command: triage --config ... COMMAND" in misplaced.stderr

@@ -72,6 +72,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ('[routing]\nreview_department = "nobody"', "routing.review_department names 'nobody'"),
         ('[forwarding]\ntransport = "smtp"', "there is no [smtp] section"),
         ("[database]\nurl = 5", "database.url"),
+        ('[database]\nurl = "sqlit:///x.db"', "database.url: 'sqlit' is not a supported database"),
+        ('[database]\nurl = "var/triage.db"', "database.url: is not a database URL"),
         ('[[departments]]\nname = "x"\nemail = "not-an-address"', "departments[0].email"),
         ("[routing\n", "is not valid TOML"),
     ],
@@ -157,3 +159,14 @@ def test_database_and_models_refuse_loose_permissions(
     db_path.chmod(0o644)
     with pytest.raises(StoreError, match="readable by everyone; run chmod o-r"):
         Database(f"sqlite:///{db_path}")
+
+
+def test_a_plain_postgresql_url_means_psycopg(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[database]\nurl = "postgresql://u:p%40ss@db/triage"'))
+    assert config.database.url == "postgresql+psycopg://u:p%40ss@db/triage"
+
+
+def test_a_database_file_that_cannot_be_created_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "var").write_text("a file where the folder should be")
+    with pytest.raises(StoreError, match=r"cannot create the database file .*a file stands in"):
+        Database(f"sqlite:///{tmp_path / 'var' / 'triage.db'}")

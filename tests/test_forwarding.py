@@ -15,6 +15,7 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import free_port
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
+from triage.errors import NothingNamed
 from triage.forwarding import WIRE_POLICY, Forwarder, as_bytes, make_transport, requeue, text_part
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
@@ -167,9 +168,14 @@ def test_permanent_refusal_is_a_dead_letter_until_retried(
     forwarder = Forwarder(db, config, make_transport(config))
     assert forwarder.flush().failed == 1
     assert forward_row(db, forward_id).status == "failed"
+    with pytest.raises(NothingNamed, match=f"there is no failed forward {forward_id + 1};"):
+        requeue(db, [forward_id, forward_id + 1], all_failed=False)
+    assert forward_row(db, forward_id).status == "failed"  # refused as a whole
     assert requeue(db, [forward_id], all_failed=False) == 1
     assert forwarder.flush().sent == 1
     assert forward_row(db, forward_id).status == "sent"
+    with pytest.raises(NothingNamed, match=f"there is no failed forward {forward_id};"):
+        requeue(db, [forward_id], all_failed=False)  # sent: nothing to retry
 
 
 def test_server_down_is_retried_then_failed_after_max_attempts(

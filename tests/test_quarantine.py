@@ -59,6 +59,9 @@ def test_list_show_and_retry(tmp_path: Path, tiny_model: tuple[Classifier, Path]
         triage(config, "quarantine", "show", "--raw", str(ids["maildir:box:2.old"])).stdout == raw
     )
 
+    unknown = triage(config, "quarantine", "retry", "99999")
+    assert unknown.returncode == 1
+    assert b"there is no quarantined message 99999; see `triage quarantine list`" in unknown.stderr
     retried = triage(config, "quarantine", "retry", "--all")
     assert retried.returncode == 1  # the empty message cannot be fixed
     assert b"1 message(s) processed, 1 still quarantined; 1 forward(s) delivered" in retried.stdout

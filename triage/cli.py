@@ -2,7 +2,7 @@
 
 Exit codes scripts can rely on: 0 success; 1 the work ran but something failed (a source could
 not be polled, a forward failed); 2 bad usage or an invalid config; 3 the database cannot be
-opened; 4 no usable model.
+opened; 4 no usable model; 130 interrupted, or a confirmation declined.
 
 `triage status` is made for monitoring: 0 all is well; 1 something needs attention (a source
 without a successful poll within [alerts] stale_after_minutes, a source with at least
@@ -108,10 +108,20 @@ def cli(ctx: click.Context, config_path: Path, log_level: str | None) -> None:
     ctx.obj = Context(config_path, log_level.upper() if log_level else None)
 
 
+_GROUP_OPTIONS = ("-c", "--config", "--log-level")
+"""The options of `triage` itself, which a subcommand does not know."""
+
+
 def main() -> None:
     """Console entry point: turns the worker's own errors into one sentence and an exit code."""
     try:
         cli.main(standalone_mode=False)
+    except click.exceptions.NoSuchOption as exc:
+        if exc.option_name in _GROUP_OPTIONS:
+            name = exc.option_name
+            exc.message = f"{name} belongs before the command: triage {name} ... COMMAND"
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)

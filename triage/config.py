@@ -14,11 +14,22 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from triage.errors import ConfigError
 
 TlsMode = Literal["ssl", "starttls", "plain"]
+DATABASE_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+"""The database URLs' schemes the worker accepts, and the driver each one means."""
+DATABASE_URLS = "sqlite:///path/to/triage.db or postgresql+psycopg://user@host/dbname"
 
 
 class _Section(BaseModel):
@@ -279,6 +290,22 @@ class Logging(_Section):
 
 class Database(_Section):
     url: str = "sqlite:///var/triage.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str) -> str:
+        """SQLite or PostgreSQL through psycopg: a plain ``postgresql://`` means psycopg too
+        (SQLAlchemy's default driver for it, psycopg2, is not installed)."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(f"is not a database URL; use {DATABASE_URLS}") from None
+        driver = DATABASE_DRIVERS.get(parsed.drivername)
+        if driver is None:
+            raise ValueError(
+                f"{parsed.drivername!r} is not a supported database; use {DATABASE_URLS}"
+            )
+        return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 class Web(_Section):

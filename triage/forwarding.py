@@ -40,6 +40,7 @@ from sqlalchemy import Executable, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session, joinedload
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
+from triage.errors import check_named
 from triage.faults import crash_point
 from triage.identities import PERSON_KEY, person_of, same_person
 from triage.routing import Route
@@ -659,12 +660,17 @@ def _earlier_lines(recent: Sequence[Any], labels: dict[int, dict[str, _Label]]) 
 
 
 def requeue(db: Database, forward_ids: Sequence[int], all_failed: bool) -> int:
-    """Put failed forwards back in the queue, due now; returns how many were requeued."""
+    """Put failed forwards back in the queue, due now; returns how many were requeued.
+    Ids that name no failed forward refuse the whole call."""
     with db.transaction() as session:
         query = select(Forward).where(Forward.status == "failed")
         if not all_failed:
             query = query.where(Forward.id.in_(forward_ids))
         forwards = session.scalars(query).all()
+        if not all_failed:
+            check_named(
+                forward_ids, (f.id for f in forwards), "failed forward", "triage outbox list"
+            )
         for forward in forwards:
             forward.status, forward.attempts, forward.next_attempt_at = "pending", 0, utcnow()
         return len(forwards)

@@ -33,6 +33,7 @@ from connectors.base import (
 )
 from triage import urgency
 from triage.config import Config
+from triage.errors import check_named
 from triage.faults import crash_point
 from triage.forwarding import outbox_row
 from triage.normalize import ParsedEmail
@@ -281,7 +282,8 @@ class Pipeline:
         return outcomes
 
     def retry_quarantined(self, message_ids: Sequence[int] | None) -> list[Outcome]:
-        """Process quarantined messages again (after a fix); None retries all of them.
+        """Process quarantined messages again (after a fix); None retries all of them, and
+        ids that name no quarantined message refuse the whole call.
 
         The old rows are replaced in the same transaction, so a crash leaves them quarantined.
         """
@@ -291,7 +293,15 @@ class Pipeline:
             query = select(Message).where(Message.status == "quarantined").order_by(Message.id)
             if message_ids is not None:
                 query = query.where(Message.id.in_(message_ids))
-            for row in session.scalars(query).all():
+            rows = session.scalars(query).all()
+            if message_ids is not None:
+                check_named(
+                    message_ids,
+                    (r.id for r in rows),
+                    "quarantined message",
+                    "triage quarantine list",
+                )
+            for row in rows:
                 item = RawItem(
                     row.source,
                     row.source_id,

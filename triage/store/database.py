@@ -102,10 +102,17 @@ def _create_engine(url: str) -> Engine:
 def _private_file(path: Path) -> None:
     """The history holds customers' mail: create it readable by the worker only, and refuse
     to open one that everybody can read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            return
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(
+            f"cannot create the database file {path}: a file stands in its path"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the database file {path}: {exc.strerror}") from None
     if path.stat().st_mode & stat.S_IROTH:
         raise StoreError(f"the database file {path} is readable by everyone; run chmod o-r {path}")
 
