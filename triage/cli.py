@@ -117,10 +117,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.NoSuchOption as exc:
-        if exc.option_name in _GROUP_OPTIONS:
-            name = exc.option_name
-            exc.message = f"{name} belongs before the command: triage {name} ... COMMAND"
-        exc.show()
+        _explained(exc).show()
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err.print("aborted")
@@ -136,6 +133,16 @@ def main() -> None:
     except ClassifierError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(4 if "model" in type(exc).__name__.lower() else 2)
+
+
+def _explained(exc: click.exceptions.NoSuchOption) -> click.UsageError:
+    """An option of `triage` itself given after the command: say where it belongs."""
+    name = exc.option_name
+    if name not in _GROUP_OPTIONS:
+        return exc
+    return click.UsageError(
+        f"{name} belongs before the command: triage {name} ... COMMAND", exc.ctx
+    )
 
 
 # --- config and database -------------------------------------------------------------------
