@@ -154,6 +154,8 @@ def test_temporary_refusal_is_retried_with_backoff(
     assert forwarder.flush().sent == 0  # not due yet
     second = forwarder.flush(now=row.next_attempt_at)
     assert second.sent == 1
+    run = first + second  # what `run --once` reports after both flushes
+    assert (run.sent, run.retrying, run.failed) == (1, 0, 0)
     assert len(smtp_server.messages) == 1
     assert forward_row(db, forward_id).status == "sent"
 

@@ -20,7 +20,7 @@ import smtplib
 import ssl
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.charset import BASE64, Charset
 from email.encoders import encode_base64
@@ -216,16 +216,31 @@ def make_transport(config: Config) -> Transport:
 
 @dataclass
 class FlushResult:
-    """What one flush of the outbox did."""
+    """What flushes of the outbox did: each forward tried, by id, with the state it was left in.
 
-    sent: int = 0
-    retrying: int = 0
-    failed: int = 0
+    Added up over the flushes of one run, a forward's later state wins: one that failed an
+    attempt and went out in a later flush counts as sent, not also as to retry.
+    """
 
-    def __add__(self, other: FlushResult) -> FlushResult:
-        return FlushResult(
-            self.sent + other.sent, self.retrying + other.retrying, self.failed + other.failed
-        )
+    states: dict[int, str] = field(default_factory=dict)
+
+    def __add__(self, later: FlushResult) -> FlushResult:
+        return FlushResult({**self.states, **later.states})
+
+    def _count(self, state: str) -> int:
+        return sum(1 for value in self.states.values() if value == state)
+
+    @property
+    def sent(self) -> int:
+        return self._count("sent")
+
+    @property
+    def retrying(self) -> int:
+        return self._count("retrying")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
 
 
 COMPOSE_CHUNK = 50
@@ -299,7 +314,7 @@ class Forwarder:
             crash_point("smtp-accepted")
             _set_state(session, forward.id, status="sent", sent_at=utcnow(), last_error=None,
                        attempts=attempts)  # fmt: skip
-            result.sent += 1
+            result.states[forward.id] = "sent"
             if self._outage_logged:
                 log.info("forwarding works again")
                 self._outage_logged = False
@@ -316,7 +331,7 @@ class Forwarder:
     ) -> None:
         if exc.permanent or attempts >= self.settings.max_attempts:
             _set_state(session, forward.id, status="failed", attempts=attempts, last_error=str(exc))
-            result.failed += 1
+            result.states[forward.id] = "failed"
             log.error(
                 "forward %s to %s failed for good after %d attempt(s): %s "
                 "(retry with `triage outbox retry %d`)",
@@ -330,7 +345,7 @@ class Forwarder:
         retry_at = now + backoff(attempts, self.settings.retry_base_seconds)
         _set_state(session, forward.id, attempts=attempts, last_error=str(exc),
                    next_attempt_at=retry_at)  # fmt: skip
-        result.retrying += 1
+        result.states[forward.id] = "retrying"
         if not self._outage_logged:
             log.warning("forwarding is failing, will retry with backoff: %s", exc)
             self._outage_logged = True
