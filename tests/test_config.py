@@ -89,6 +89,20 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
+def test_a_config_not_in_utf8_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes('[logging]\nlevel = "INFO" # журнал\n'.encode("cp1251"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte 27\); save it as UTF-8$"):
+        load_config(path)
+
+
+def test_a_directory_as_config_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=f"cannot read the config file {tmp_path}: Is a directory"
+    ):
+        load_config(tmp_path)
+
+
 def test_secret_from_env_is_required_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

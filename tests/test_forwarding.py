@@ -221,6 +221,21 @@ def test_directory_transport_writes_one_file_per_forward(tmp_path: Path, db: Dat
     assert message_from_bytes(written.read_bytes())["Message-ID"] == "<triage.1@shop.test>"
 
 
+def test_a_file_in_place_of_the_forwards_directory_is_retried_not_raised(
+    tmp_path: Path, db: Database
+) -> None:
+    config = make_config(tmp_path)
+    (tmp_path / "forwards").write_text("not a directory")
+    forward_id = queue_forward(db)
+    result = Forwarder(db, config, make_transport(config)).flush()
+    assert (result.sent, result.retrying) == (0, 1)
+    row = forward_row(db, forward_id)
+    assert row.status == "pending" and row.attempts == 1
+    assert row.last_error == (
+        f"cannot use {tmp_path / 'forwards'} as the forwards directory: a file is in its place"
+    )
+
+
 def test_customer_text_cannot_inject_headers(tmp_path: Path, db: Database) -> None:
     config = make_config(tmp_path)
     forward_id = queue_forward(db)

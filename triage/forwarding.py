@@ -107,19 +107,27 @@ class DirectoryTransport:
         self.directory = directory
 
     def send(self, message: Email, sender: str, recipients: Sequence[str]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>")) + ".eml"
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = "a file is in its place" if self.directory.is_file() else exc.strerror
+            raise DeliveryError(
+                f"cannot use {self.directory} as the forwards directory: {problem}", permanent=False
+            ) from None
+        temp: str | None = None
+        try:
+            fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(as_bytes(message))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(temp, self.directory / name)
         except OSError as exc:
-            Path(temp).unlink(missing_ok=True)
+            if temp:
+                Path(temp).unlink(missing_ok=True)
             raise DeliveryError(
-                f"cannot write {self.directory / name}: {exc}", permanent=False
+                f"cannot write {self.directory / name}: {exc.strerror or exc}", permanent=False
             ) from None
 
     def close(self) -> None:
