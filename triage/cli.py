@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from classifiers.base import ClassifierError
 from classifiers.datasets import read_labelled
@@ -34,7 +35,7 @@ from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
 from triage import __version__, curation, lifecycle, reports, status
 from triage.config import Config, check_secrets, load_config
-from triage.errors import TriageError
+from triage.errors import StoreError, TriageError
 from triage.forwarding import requeue
 from triage.identities import customer_ids, link
 from triage.pipeline import KEPT_OUTCOMES, PollResult
@@ -133,6 +134,11 @@ def main() -> None:
     except ClassifierError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(4 if "model" in type(exc).__name__.lower() else 2)
+    except DBAPIError as exc:
+        # The database went away or refused a write after it was opened: still one sentence.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        err.print(f"[bold red]error:[/] the database failed: {reason}", highlight=False)
+        sys.exit(StoreError.exit_code)
 
 
 def _explained(exc: click.exceptions.NoSuchOption) -> click.UsageError:

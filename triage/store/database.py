@@ -18,9 +18,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.errors import StoreError
@@ -52,20 +52,20 @@ class Database:
         """Bring the schema to head; returns what was done, for the admin."""
         try:
             with self.engine.begin() as connection:
-                current = MigrationContext.configure(connection).get_current_revision()
-                has_tables = inspect(connection).has_table("messages")
-                config = _alembic_config(connection)
-                head = ScriptDirectory.from_config(config).get_current_head()
-                if current is None and not has_tables:
-                    Base.metadata.create_all(connection)
-                    command.stamp(config, "head")
-                    return f"created a new database at revision {head}"
-                if current == head:
-                    return f"database is up to date (revision {head})"
-                command.upgrade(config, "head")
-                return f"upgraded database from {current} to {head}"
-        except OperationalError as exc:
+                outcome = _migrate(connection)
+        except DatabaseError as exc:
             raise StoreError(f"cannot open the database {self.safe_url}: {exc.orig}") from None
+        self._check_writable()
+        return outcome
+
+    def _check_writable(self) -> None:
+        """A read-only database (file, mount or standby server) reads fine and fails at the
+        first write, in the middle of a poll: find out at start instead."""
+        try:
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+        except DatabaseError as exc:
+            raise StoreError(f"cannot write to the database {self.safe_url}: {exc.orig}") from None
 
     def is_current(self) -> bool:
         """True when the schema is at head (the worker refuses to run on an old schema)."""
@@ -81,6 +81,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _migrate(connection: Connection) -> str:
+    current = MigrationContext.configure(connection).get_current_revision()
+    has_tables = inspect(connection).has_table("messages")
+    config = _alembic_config(connection)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if current is None and not has_tables:
+        Base.metadata.create_all(connection)
+        command.stamp(config, "head")
+        return f"created a new database at revision {head}"
+    if current == head:
+        return f"database is up to date (revision {head})"
+    command.upgrade(config, "head")
+    return f"upgraded database from {current} to {head}"
 
 
 def _create_engine(url: str) -> Engine:
