@@ -159,3 +159,34 @@ def test_the_config_option_after_the_command_says_where_it_belongs(demo: Path) -
     misplaced = triage(demo, "run", "--once", "--config", str(demo))
     assert misplaced.returncode == 2
     assert "--config belongs before the command: triage --config ... COMMAND" in misplaced.stderr
+
+
+def test_customer_text_is_printed_as_is_never_as_markup(demo: Path, tmp_path: Path) -> None:
+    """A subject like "[/order]" is rich markup: parsed, it crashed every listing."""
+    mailbox = tmp_path / "mailbox"
+    for part in ("new", "cur", "tmp"):
+        (mailbox / part).mkdir(parents=True)
+    (mailbox / "new/1.eml").write_bytes(
+        b"From: [bold]Angry[/bold] <angry@example.com>\r\nTo: support@kvitka.example\r\n"
+        b"Subject: [/order] refund [red]now\r\nMessage-ID: <markup@example.com>\r\n"
+        b"Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n"
+        b"The parcel never came and nobody answers [/]. I want my money back.\r\n"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        demo.read_text(encoding="utf-8")
+        .replace(f'"{ROOT / "demo/mailbox"}"', f'"{mailbox}"')
+        .replace('models_dir = "models"', f'models_dir = "{demo.parent / "models"}"'),
+        encoding="utf-8",
+    )
+    version = triage(demo, "models", "active").stdout.strip()
+    assert triage(config, "models", "activate", version).returncode == 0
+    ran = triage(config, "run", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert "[/order] refund [red]now" in ran.stdout
+    history = triage(config, "history", "--customer", "angry@example.com")
+    assert history.returncode == 0, history.stderr
+    assert "[/order] refund [red]now" in history.stdout
+    outbox = triage(config, "outbox", "list", "--status", "all")
+    assert outbox.returncode == 0, outbox.stderr
+    assert "[/order] refund [red]now" in outbox.stdout

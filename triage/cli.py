@@ -26,6 +26,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -41,14 +42,17 @@ from triage.identities import customer_ids, link
 from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
+from triage.reports import styled
 from triage.routing import review_reason
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
 from triage.store.schema import SourceState, utcnow
 
 log = logging.getLogger(__name__)
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Customer text (a subject "[/order]") and error text are data: no console parses markup;
+# styles are given as rich Text, by styled().
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 @dataclass
@@ -129,15 +133,15 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except TriageError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(styled("error:", "bold red", exc), highlight=False)
         sys.exit(exc.exit_code)
     except ClassifierError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(styled("error:", "bold red", exc), highlight=False)
         sys.exit(4 if "model" in type(exc).__name__.lower() else 2)
     except DBAPIError as exc:
         # The database went away or refused a write after it was opened: still one sentence.
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        err.print(f"[bold red]error:[/] the database failed: {reason}", highlight=False)
+        err.print(styled("error:", "bold red", f"the database failed: {reason}"), highlight=False)
         sys.exit(StoreError.exit_code)
 
 
@@ -248,7 +252,10 @@ def status_command(ctx: Context, as_json: bool) -> None:
 def _show_status(report: status.Status) -> None:
     table = Table("source", "type", "last success (UTC)", "lag", "errors", "next poll", "state")
     for s in report.sources:
-        state = "[red]failing[/]" if s.failing else "[red]stale[/]" if s.stale else "[green]ok[/]"
+        state = (
+            styled("failing", "red") if s.failing else styled("stale", "red") if s.stale
+            else styled("ok", "green")
+        )  # fmt: skip
         table.add_row(
             s.name,
             s.type,
@@ -269,11 +276,11 @@ def _show_status(report: status.Status) -> None:
     if model.usable:
         out.print(f"model: {model.version} (active, loads)")
     else:
-        out.print(f"model: [red]{model.problem}[/]", highlight=False)
+        out.print(Text.assemble("model: ", (str(model.problem), "red")), highlight=False)
     for problem in report.problems:
-        out.print(f"[bold red]attention:[/] {problem}", highlight=False)
+        out.print(styled("attention:", "bold red", problem), highlight=False)
     if report.healthy:
-        out.print("[green]all is well[/]")
+        out.print(styled("all is well", "green"))
 
 
 def _duration(seconds: float | None) -> str:
@@ -357,9 +364,9 @@ def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
     )
 
 
-def _poll_line(result: PollResult) -> str:
+def _poll_line(result: PollResult) -> str | Text:
     if result.error:
-        return f"{result.source}: [red]poll failed[/]: {result.error}"
+        return Text.assemble(f"{result.source}: ", ("poll failed", "red"), f": {result.error}")
     if result.paused_until and not result.total:
         return f"{result.source}: rate-limited, paused until {result.paused_until:%H:%M:%S} UTC"
     return (
@@ -377,14 +384,14 @@ def _outcome_table(polls: Sequence[PollResult]) -> Table:
             if o.status == "duplicate":
                 continue
             if o.status == "quarantined":
-                table.add_row(o.source_id, "", "", "", "", f"[red]quarantined[/]: {o.error}")
+                table.add_row(o.source_id, "", "", "", "", styled("quarantined:", "red", o.error))
                 continue
             labels = [_label(o.predictions, axis) for axis in ("kind", "area", "urgency")]
             route = o.route
             target = route.department if route and route.department else None
-            decision = f"[bold]{target}[/]" if target else ""
+            decision = Text.assemble((target, "bold"), "  ") if target else Text()
             if route is not None:
-                decision += ("" if not target else "  ") + f"[dim]{route.reason}[/]"
+                decision.append(route.reason, "dim")
             table.add_row(o.sender or "?", _short(o.subject, 40), *labels, decision)
     if any(len(p.outcomes) < p.total for p in polls):
         table.caption = f"only the first {KEPT_OUTCOMES} messages of a source are listed"
@@ -486,7 +493,9 @@ def train(
         try:
             active = registry.load_active()
         except TriageError as exc:
-            err.print(f"[yellow]warning:[/] {exc}; the quality gate is skipped", highlight=False)
+            err.print(
+                styled("warning:", "yellow", f"{exc}; the quality gate is skipped"), highlight=False
+            )
     if data_paths:
         if not text_columns or not label_columns:
             missing = [
@@ -549,7 +558,7 @@ def train(
                 out.print(f"  {axis}: macro-F1 {scores['macro_f1']:.3f} vs {theirs:.3f} active")
         if not verdict.passed and not force:
             for regression in verdict.regressions:
-                err.print(f"[bold red]refused:[/] {regression}", highlight=False)
+                err.print(styled("refused:", "bold red", regression), highlight=False)
             err.print(
                 f"model {classifier.version} saved to {path} but NOT activated; "
                 f"{verdict.active_version} stays active (use --force to activate anyway)",
@@ -737,10 +746,12 @@ def label(
         for axis, value in labels.items():
             if known is not None and axis in known.axes and value not in known.labels(axis):
                 err.print(
-                    f"[yellow]note:[/] {axis} {value!r} is a new label; the active model knows "
-                    f"{', '.join(known.labels(axis))}",
+                    styled(
+                        "note:", "yellow", f"{axis} {value!r} is a new label; the active model "
+                        f"knows {', '.join(known.labels(axis))}",
+                    ),
                     highlight=False,
-                )
+                )  # fmt: skip
     for item in lifecycle.record_labels(db, message_id, labels, who or lifecycle.current_user()):
         guess = (
             f"the model said {item.model_label} {item.model_confidence:.2f}"

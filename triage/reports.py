@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
 from triage import identities
@@ -16,6 +17,14 @@ from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, ModelVersion
 
 AXES = ("kind", "area", "urgency")
+
+
+def styled(label: str, style: str, rest: object = None) -> Text:
+    """A styled word, then plain text: markup is never parsed, so customer text prints as is."""
+    text = Text(label, style=style)
+    if rest is not None:
+        text.append(f" {rest}")
+    return text
 
 
 def metrics_table(
@@ -43,7 +52,7 @@ def models_table(versions: Sequence[ModelVersion]) -> Table:
         cv = row.details.get("metrics", {}).get("cv", {})
         scores = ", ".join(f"{axis} {m.get('macro_f1', 0):.2f}" for axis, m in cv.items())
         table.add_row(
-            "[bold green]*[/]" if row.active else "",
+            styled("*", "bold green") if row.active else "",
             row.version,
             f"{row.created_at:%Y-%m-%d %H:%M}",
             str(row.details.get("n_samples", "")),
@@ -170,7 +179,7 @@ def outbox_table(db: Database, status: str, limit: int) -> Table:
             table.add_row(
                 str(f.id),
                 f.status,
-                f.department + (" [red]urgent[/]" if f.urgent else ""),
+                Text.assemble(f.department, (" urgent", "red") if f.urgent else ""),
                 ", ".join([*f.to_addrs, *f.cc_addrs]),
                 str(f.attempts),
                 f.message.subject,
