@@ -59,7 +59,9 @@ class MaildirConnector:
         )
         for entry in entries:
             watermark = max(watermark, entry.ctime_ns)
-            yield self._read(entry), {"ctime_ns": watermark}
+            item = self._read(entry)
+            if item is not None:
+                yield item, {"ctime_ns": watermark}
 
     def acknowledge(self, items: Sequence[RawItem]) -> None:
         """Maildir sources are read only: nothing to mark."""
@@ -81,14 +83,23 @@ class MaildirConnector:
                     # The Maildir spec reserves dot-files; never treat them as mail.
                     if dirent.name.startswith(".") or not dirent.is_file():
                         continue
-                    st = dirent.stat()
+                    try:
+                        st = dirent.stat()
+                    except FileNotFoundError:
+                        continue  # moved by a mail reader: found at its new place
                     key = dirent.name.split(mailbox.Maildir.colon, 1)[0]
                     yield _Entry(key, Path(dirent.path), st.st_ctime_ns, st.st_mtime, st.st_size)
 
-    def _read(self, entry: _Entry) -> RawItem:
+    def _read(self, entry: _Entry) -> RawItem | None:
+        """The message, or None when it was moved or deleted since the scan: a mail reader
+        moving it from new/ to cur/ gives it a fresh ctime, so the next poll reads it there."""
         truncated = entry.size > self.max_message_bytes
-        with entry.path.open("rb") as fh:
-            raw = _read_headers(fh) if truncated else fh.read()
+        try:
+            with entry.path.open("rb") as fh:
+                raw = _read_headers(fh) if truncated else fh.read()
+        except FileNotFoundError:
+            log.debug("%s: %s was moved or deleted while polling", self.name, entry.path)
+            return None
         return RawItem(
             source=self.name,
             source_id=f"maildir:{self.name}:{entry.key}",

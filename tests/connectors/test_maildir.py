@@ -42,6 +42,21 @@ def test_reads_new_and_cur_and_resumes(tmp_path: Path) -> None:
     assert later == ["maildir:box:3.c"]
 
 
+def test_a_message_moved_to_cur_while_polling_is_read_there_next_time(tmp_path: Path) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email("first", "one"))
+    second = deliver(box, "2.b", make_email("second", "two"))
+    connector = MaildirConnector("box", box)
+    fetching = connector.fetch(None)
+    first, checkpoint = next(fetching)
+    assert first.source_id == "maildir:box:1.a"
+    time.sleep(0.01)
+    os.rename(second, box / "cur" / "2.b:2,S")  # a mail reader opened it meanwhile
+    assert list(fetching) == []
+    later = [item.source_id for item, _ in connector.fetch(checkpoint)]
+    assert "maildir:box:2.b" in later
+
+
 def test_oversized_message_keeps_headers_only(tmp_path: Path) -> None:
     box = tmp_path / "Maildir"
     raw = make_email("big", "x" * 5000)
