@@ -190,3 +190,57 @@ def test_customer_text_is_printed_as_is_never_as_markup(demo: Path, tmp_path: Pa
     outbox = triage(config, "outbox", "list", "--status", "all")
     assert outbox.returncode == 0, outbox.stderr
     assert "[/order] refund [red]now" in outbox.stdout
+
+
+def test_a_class_too_small_to_cross_validate_is_reported_not_a_crash(
+    demo: Path, tmp_path: Path
+) -> None:
+    rows = list(csv.DictReader((ROOT / "demo/training.csv").open(encoding="utf-8")))
+    for row in rows[:2]:
+        row["kind"] = "praise"
+    data = tmp_path / "two-praise.csv"
+    with data.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "models"
+    trained = triage(
+        demo, "train", "--data", str(data), "--text-column", "subject", "--label", "kind",
+        "--out", str(out),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "kind: not estimated, a class is too small to cross-validate" in trained.stdout
+    listed = triage(demo, "models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "kind -" in listed.stdout
+
+
+def test_evaluate_warns_on_training_data_and_unknown_labels(demo: Path, tmp_path: Path) -> None:
+    on_training = triage(demo, "evaluate", *DEMO_TRAIN)
+    assert on_training.returncode == 0, on_training.stderr
+    assert "training.csv is the data this model was trained on" in on_training.stderr
+    data = tmp_path / "typos.csv"
+    data.write_text(
+        "subject,body,kind\nParcel late,Where is it?,Complaint\nThanks,Great shop,feedback\n",
+        encoding="utf-8",
+    )
+    typos = triage(demo, "evaluate", "--data", str(data), "--text-column", "subject",
+                   "--text-column", "body", "--label", "kind")  # fmt: skip
+    assert typos.returncode == 0, typos.stderr
+    assert "kind: labels the model does not know count as errors: 'Complaint' (1 row)" in (
+        typos.stderr
+    )
+    assert "trained on" not in typos.stderr
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_work(
+    demo: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    trained = triage(demo, "train", *DEMO_TRAIN, "--out", str(blocker / "sub"))
+    assert trained.returncode == 2
+    assert f"--out: cannot make the folder {blocker / 'sub'}: Not a directory" in trained.stderr
+    evaluated = triage(demo, "evaluate", *DEMO_TRAIN, "--report", str(blocker / "sub"))
+    assert evaluated.returncode == 2
+    assert "--report" in evaluated.stderr and "Not a directory" in evaluated.stderr

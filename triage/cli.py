@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from classifiers.base import ClassifierError
-from classifiers.datasets import read_labelled
+from classifiers.datasets import LabelledData, read_labelled
 from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
 from triage import __version__, curation, lifecycle, reports, status
@@ -457,7 +458,8 @@ def _short(text: str, width: int) -> str:
     "--out",
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Folder for the artifact (default: classifier.models_dir).",
+    help="Also save the artifact in this folder; it is always kept in classifier.models_dir "
+    "too, where workers load models from.",
 )
 @click.option("--activate", is_flag=True, help="Make the new model the active one, if it passes.")
 @click.option("--force", is_flag=True, help="With --activate: activate even if the gate refuses.")
@@ -484,6 +486,8 @@ def train(
     """
     if force and not activate:
         raise click.UsageError("--force only applies with --activate")
+    if out_dir is not None:
+        _writable_folder(out_dir, "--out")
     config = ctx.config()
     needs_db = activate or from_history
     db = ctx.database(config) if needs_db else None
@@ -575,6 +579,16 @@ def train(
     out.print(f"activated: {reason}", highlight=False)
 
 
+def _writable_folder(folder: Path, option: str) -> None:
+    """Refuse a folder that cannot be made before the work, not after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot make the folder {folder}: {exc.strerror}", param_hint=option
+        ) from None
+
+
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     columns = (
@@ -606,9 +620,22 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     "data_path",
     required=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Labelled CSV or JSON Lines file the model has not been trained on.",
 )
-@click.option("--text-column", "text_columns", multiple=True, required=True)
-@click.option("--label", "label_columns", multiple=True, required=True)
+@click.option(
+    "--text-column",
+    "text_columns",
+    multiple=True,
+    required=True,
+    help="Text column; repeat to join several, as the model was trained.",
+)
+@click.option(
+    "--label",
+    "label_columns",
+    multiple=True,
+    required=True,
+    help="Label column, named as the model's axis; repeat for each axis to score.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option(
     "--report",
@@ -627,6 +654,8 @@ def evaluate(
     report_dir: Path | None,
 ) -> None:
     """Measure a model on a labelled file: accuracy and macro-F1 per axis."""
+    if report_dir is not None:
+        _writable_folder(report_dir, "--report")
     if model_dir is not None:
         _setup_logging(ctx.log_level or "WARNING")
         classifier = Classifier.load(model_dir)
@@ -635,6 +664,8 @@ def evaluate(
         classifier = ModelRegistry(ctx.database(config), config.classifier.models_dir).load_active()
     data = read_labelled(data_path, text_columns, label_columns)
     results = evaluate_model(classifier, data)
+    for warning in _evaluation_warnings(classifier, data, data_path):
+        err.print(styled("warning:", "yellow", warning), highlight=False)
     if report_dir is not None:
         # Imported here: matplotlib is slow to import and only this option needs it.
         from classifiers.report import write_report
@@ -647,6 +678,27 @@ def evaluate(
     out.print(
         reports.metrics_table(results, title=f"Model {classifier.version} on {data_path.name}")
     )
+
+
+def _evaluation_warnings(classifier: Classifier, data: LabelledData, path: Path) -> list[str]:
+    """What makes the scores mean less than they seem: the training data itself, or labels
+    the model was never taught (each such row counts as an error)."""
+    warnings = []
+    if data.fingerprint == classifier.metadata.get("data_fingerprint"):
+        warnings.append(
+            f"{path.name} is the data this model was trained on, so these scores flatter it; "
+            "evaluate on labelled mail it has not seen"
+        )
+    for axis in set(data.axes) & set(classifier.axes):
+        unknown = Counter(
+            label for label in data.labelled(axis)[1] if label not in classifier.labels(axis)
+        )
+        if unknown:
+            listed = ", ".join(
+                f"{label!r} ({n} row{'s' * (n != 1)})" for label, n in unknown.most_common()
+            )
+            warnings.append(f"{axis}: labels the model does not know count as errors: {listed}")
+    return warnings
 
 
 @cli.group("models")

@@ -34,14 +34,21 @@ def metrics_table(
     table = Table(title=title)
     for column in ("axis", "accuracy", "macro-F1", "n"):
         table.add_column(column, justify="left" if column == "axis" else "right")
+    skipped = []
     for axis, values in metrics.items():
         table.add_row(
-            axis,
-            f"{values.get('accuracy', 0):.3f}",
-            f"{values.get('macro_f1', 0):.3f}",
+            axis, _score(values.get("accuracy")), _score(values.get("macro_f1")),
             str(values.get("n", "")),
-        )
+        )  # fmt: skip
+        if values.get("skipped"):
+            skipped.append(f"{axis}: not estimated, {values['skipped']}")
+    table.caption = "; ".join(skipped) or None
     return table
+
+
+def _score(value: float | None, digits: int = 3) -> str:
+    """A score, or "-" where it was not estimated (a class too small to cross-validate)."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def models_table(versions: Sequence[ModelVersion]) -> Table:
@@ -50,7 +57,7 @@ def models_table(versions: Sequence[ModelVersion]) -> Table:
         table.add_column(column, no_wrap=column == "version")  # versions differ at the end
     for row in versions:
         cv = row.details.get("metrics", {}).get("cv", {})
-        scores = ", ".join(f"{axis} {m.get('macro_f1', 0):.2f}" for axis, m in cv.items())
+        scores = ", ".join(f"{axis} {_score(m.get('macro_f1'), 2)}" for axis, m in cv.items())
         table.add_row(
             styled("*", "bold green") if row.active else "",
             row.version,
