@@ -3,6 +3,7 @@ and a replayed batch (as after a crash before the checkpoint was saved)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -82,6 +83,41 @@ def test_a_replayed_batch_adds_nothing_twice(
     with worker.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Forward)) == 2
     assert len(list((tmp_path / "forwards").glob("*.eml"))) == 2
+
+
+def test_one_mail_delivered_twice_is_stored_and_forwarded_once(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    """An MTA's retry or a second alias delivers the same mail with other trace headers."""
+    mail = make_email(*tiny_text("complaint", "billing"))
+    box = tmp_path / "Maildir"
+    deliver(
+        box, "1.first", b"Received: from mx1.example.net by mail.shop.test; 1 Dec 2026\n" + mail
+    )
+    again = (
+        b"Delivered-To: billing@shop.test\r\nReceived: from mx2.example.net\r\n"
+        b"\tby mail.shop.test; 1 Dec 2026\r\n" + mail.replace(b"\n", b"\r\n")
+    )
+    deliver(box, "2.again", again)
+    deliver(box, "3.other", mail.replace(b"Subject: ", b"Subject: Re: "))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    poll = worker.run_once().polls[0]
+    assert (poll.count("stored"), poll.count("duplicate")) == (2, 1)
+
+
+def test_messages_stored_under_the_old_content_key_are_still_known(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    deliver(tmp_path / "Maildir", "1.a", make_email(*tiny_text("complaint", "billing")))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    assert worker.run_once().polls[0].count("stored") == 1
+    with worker.db.transaction() as session:  # as a release before 0.9 stored it
+        message = session.scalars(select(Message)).one()
+        message.content_key = hashlib.sha256(message.raw).hexdigest()
+        session.execute(update(SourceState).values(checkpoint=None))
+    assert worker.run_once().polls[0].count("duplicate") == 1
 
 
 def test_a_flooding_sender_is_capped(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> None:

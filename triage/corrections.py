@@ -39,7 +39,7 @@ from triage.forwarding import (
 from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
 from triage.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.pipeline import Outcome
-from triage.prepare import content_key
+from triage.prepare import content_key, raw_key
 from triage.routing import Route, Router
 from triage.store.schema import Forward, Label, Message, utcnow
 
@@ -148,18 +148,20 @@ class Corrections:
 
     def record(self, session: Session, source: str, items: list[RawItem]) -> list[Outcome]:
         """Handle a batch of replies in the caller's transaction; never raises for a bad reply."""
+        keys = {item.source_id: (content_key(item.raw), raw_key(item.raw)) for item in items}
         known = set(
             session.scalars(
                 select(Message.content_key).where(
                     Message.source == source,
-                    Message.content_key.in_([content_key(item.raw) for item in items]),
+                    Message.content_key.in_([k for pair in keys.values() for k in pair]),
                 )
             )
         )
         acks: list[tuple[Email, str]] = []
         outcomes = []
         for item in items:
-            if (key := content_key(item.raw)) in known:
+            key, legacy = keys[item.source_id]
+            if key in known or legacy in known:
                 outcomes.append(Outcome(item.source_id, "", "", "duplicate"))
                 continue
             known.add(key)

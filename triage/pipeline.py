@@ -112,6 +112,7 @@ class PollResult:
 class _Parsed:
     item: RawItem
     key: str
+    raw_key: str
     email: ParsedEmail | None = None
     error: str | None = None
     predictions: dict[str, Prediction] | None = None
@@ -119,7 +120,10 @@ class _Parsed:
 
     @classmethod
     def of(cls, item: RawItem, prepared: Prepared) -> _Parsed:
-        return cls(item, prepared.key, prepared.email, prepared.error, prepared.predictions)
+        return cls(
+            item, prepared.key, prepared.raw_key, prepared.email, prepared.error,
+            prepared.predictions,
+        )  # fmt: skip
 
 
 _InFlight = tuple[list[tuple[RawItem, Checkpoint]], "Future[list[Prepared]] | None"]
@@ -495,7 +499,7 @@ def _drop_known(
     session: Session, source: str, parsed: list[_Parsed]
 ) -> tuple[list[_Parsed], list[Outcome]]:
     """Split a batch into new items and those already stored (by index, never by scan)."""
-    keys = {entry.key for entry in parsed}
+    keys = {key for entry in parsed for key in (entry.key, entry.raw_key)}
     known = set(
         session.scalars(
             select(Message.content_key).where(
@@ -505,7 +509,7 @@ def _drop_known(
     )
     fresh, outcomes = [], []
     for entry in parsed:
-        if entry.key in known:
+        if entry.key in known or entry.raw_key in known:
             outcomes.append(Outcome(entry.item.source_id, "", "", "duplicate"))
             continue
         known.add(entry.key)

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import logging
 import multiprocessing
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,7 +42,8 @@ round trip to a worker would cost more than it saves."""
 class Prepared:
     """One item after parsing and classification; ``error`` says why it must be quarantined."""
 
-    key: str  # the content key: SHA-256 of the raw bytes, hashed here to spare the poller
+    key: str  # the content key (see content_key), hashed here to spare the poller
+    raw_key: str = ""  # SHA-256 of the raw bytes: the content key of messages stored before 0.9
     email: ParsedEmail | None = None
     error: str | None = None
     predictions: dict[str, Prediction] | None = None
@@ -70,18 +72,37 @@ def prepare(items: Sequence[RawItem], model: Classifier | None) -> list[Prepared
     return prepared
 
 
+TRACE_HEADERS = re.compile(
+    rb"^(?:received|delivered-to|x-original-to|x-delivered-to|return-path|envelope-to"
+    rb"|authentication-results|received-spf|arc-[a-z-]+|x-spam-[a-z-]+|x-virus-[a-z-]+"
+    rb"|x-rspamd-[a-z-]+)[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*",
+    re.IGNORECASE | re.MULTILINE,
+)
+"""Headers each hop adds on delivery: they differ between two deliveries of one mail."""
+
+
 def content_key(raw: bytes) -> str:
-    """What deduplicates an item within its source (replays, re-fetches after a crash)."""
+    """What deduplicates an item within its source: replays, re-fetches after a crash, and
+    one mail delivered twice (an MTA's retry, a copy via another alias or folder), which
+    differs only in the trace headers of its hops and perhaps its line endings."""
+    raw = raw.replace(b"\r\n", b"\n")
+    end = raw.find(b"\n\n")
+    head, body = (raw, b"") if end < 0 else (raw[: end + 1], raw[end + 1 :])
+    return hashlib.sha256(TRACE_HEADERS.sub(b"", head) + body).hexdigest()
+
+
+def raw_key(raw: bytes) -> str:
+    """The content key of messages stored before 0.9, still matched so none is stored twice."""
     return hashlib.sha256(raw).hexdigest()
 
 
 def _normalize(item: RawItem) -> Prepared:
-    key = content_key(item.raw)
+    key, legacy = content_key(item.raw), raw_key(item.raw)
     try:
-        return Prepared(key, NORMALIZERS[item.format](item.raw))
+        return Prepared(key, legacy, NORMALIZERS[item.format](item.raw))
     except Exception as exc:  # a poison message must not block the batch
         log.warning("%s cannot be parsed, quarantined: %s", item.source_id, exc)
-        return Prepared(key, error=f"{type(exc).__name__}: {exc}")
+        return Prepared(key, legacy, error=f"{type(exc).__name__}: {exc}")
 
 
 def _classify_one(item: RawItem, entry: Prepared, model: Classifier) -> None:
