@@ -15,7 +15,7 @@ from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from tests.test_lifecycle import run
 from triage.scheduler import Worker
-from triage.store.schema import Label
+from triage.store.schema import Label, Message
 
 
 @pytest.fixture
@@ -128,6 +128,16 @@ def test_jsonl_round_trip_and_the_old_form_still_works(
             "line 3: there is no message 999",
         ),
         ("bad.csv", "id,kind\n1,feedback\n", "line 1: the header needs message_id"),
+        (
+            "bad.csv",
+            "message_id;kind\n1;feedback\n",
+            "it looks separated by ';': save it as comma-separated CSV",
+        ),
+        (
+            "bad.csv",
+            "message_id,kind\n1,feedback\n2,question\n1,Complaint\n1,FEEDBACK\n",
+            "lines 2 and 4 give message 1 two kind labels ('feedback', 'complaint')",
+        ),
         ("bad.csv", "message_id,kind\n1,feedback,extra\n", "line 2: more fields than the header"),
         ("bad.jsonl", '{"message_id": 1, "kind": "feedback"}\n{oops\n', "line 2: not valid JSON"),
         ("bad.jsonl", '{"message_id": 1, "kind": 5}\n', "line 1: kind 5 is not a label"),
@@ -157,3 +167,41 @@ def test_import_and_message_id_do_not_mix(
     assert code == 2 and "--import takes no MESSAGE_ID" in err
     code, _, err = run(capsys, monkeypatch, config, "label")
     assert code == 2 and "give MESSAGE_ID" in err
+
+
+def test_labels_keep_one_spelling_and_new_ones_are_named(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spreadsheet's BOM, " Message_ID" and " COMPLAINT " are what a support lead sends;
+    a label the model cannot learn as one class with 'complaint' never routes."""
+    path = config.parent / "excel.csv"
+    path.write_bytes(
+        "\ufeff Message_ID ,Kind,area\n1, COMPLAINT ,Billing\n2,complaint,biling\n".encode()
+    )
+    code, out, err = run(capsys, monkeypatch, config, "label", "--import", str(path))
+    assert code == 0, err
+    assert "recorded 4 label(s) on 2 message(s)" in out
+    assert sorted((m, a, v) for m, a, v, _, _ in labels(config)) == [
+        (1, "area", "billing"), (1, "kind", "complaint"),
+        (2, "area", "biling"), (2, "kind", "complaint"),
+    ]  # fmt: skip
+    assert (
+        "area 'biling' is a new label: neither the active model nor an earlier label uses it; "
+        "did you mean 'billing'? (1 message(s))"
+    ) in " ".join(err.split())
+    code, out, err = run(capsys, monkeypatch, config, "label", "3", "--kind", "Feedback ")
+    assert code == 0 and "message 3: kind = feedback" in out and "new label" not in err
+
+
+def test_the_export_cannot_run_formulas_in_a_spreadsheet(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = Worker(make_config(config.parent))
+    with worker.db.transaction() as session:
+        first = session.get(Message, 1)
+        assert first is not None
+        first.subject = '=HYPERLINK("http://evil.example","refund")'
+    worker.db.dispose()
+    exported = config.parent / "labels.csv"
+    assert run(capsys, monkeypatch, config, "export", "--labelled", str(exported))[0] == 0
+    assert read_csv(exported)[0]["subject"] == '\'=HYPERLINK("http://evil.example","refund")'

@@ -127,3 +127,24 @@ def test_a_source_never_polled_is_stale_only_after_the_window(tmp_path: Path) ->
     assert not fresh.stale and old.stale and unknown.stale
     assert fresh.lag_seconds is None and fresh.next_poll == "due now"
     assert now <= fresh.next_poll_at <= status.utcnow()
+
+
+def test_a_model_whose_labels_routing_never_matches_needs_attention(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    """Labels trained as 'Complaint' and 'Billing' never match the config: nothing is
+    forwarded, and status must not call that well."""
+    settings = seed.settings(tmp_path)
+    settings["routing"] = {"forward_kinds": ["Complaint", "feedback", "praise"]}
+    config = parse_config(settings, base_dir=tmp_path)
+    db = Database(config.database.url)
+    db.upgrade()
+    ModelRegistry(db, tmp_path / "models").register(*tiny_model, activate=True)
+    version = tiny_model[0].version
+    problems = status.collect(config, db).problems
+    case = "routing.forward_kinds has 'Complaint' but the model's kind label is 'complaint'"
+    unknown = (
+        "routing.forward_kinds has 'praise', which is none of the model's kind labels "
+        "(complaint, feedback, question)"
+    )
+    assert problems[-2:] == [f"model {version}: {case}", f"model {version}: {unknown}"]

@@ -44,7 +44,7 @@ from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
 from triage.reports import styled
-from triage.routing import review_reason
+from triage.routing import label_gaps, review_reason
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
 from triage.store.schema import SourceState, utcnow
@@ -546,6 +546,8 @@ def train(
         )
     if from_history:
         out.print(f"trained with {candidate.n_corrections} human correction(s)")
+    for gap in label_gaps(config, classifier.metadata.get("axes", {})):
+        err.print(styled("warning:", "yellow", f"{gap}; fix the labels or the config"))
     if not activate:
         out.print(
             f"model {classifier.version} saved to {path} "
@@ -789,21 +791,6 @@ def label(
         raise click.UsageError("give at least one of --kind, --area, --urgency")
     config = ctx.config()
     db = ctx.database(config)
-    registry = ModelRegistry(db, config.classifier.models_dir)
-    if registry.active() is not None:
-        try:
-            known = registry.load_active()
-        except TriageError:
-            known = None
-        for axis, value in labels.items():
-            if known is not None and axis in known.axes and value not in known.labels(axis):
-                err.print(
-                    styled(
-                        "note:", "yellow", f"{axis} {value!r} is a new label; the active model "
-                        f"knows {', '.join(known.labels(axis))}",
-                    ),
-                    highlight=False,
-                )  # fmt: skip
     for item in lifecycle.record_labels(db, message_id, labels, who or lifecycle.current_user()):
         guess = (
             f"the model said {item.model_label} {item.model_confidence:.2f}"
@@ -811,6 +798,16 @@ def label(
             else "no model guess stored"
         )
         out.print(f"message {message_id}: {item.axis} = {item.label} ({guess})", highlight=False)
+        if item.new:
+            err.print(styled("note:", "yellow", _new_label(item.axis, item.label, item.similar)))
+
+
+def _new_label(axis: str, label: str, similar: Sequence[str]) -> str:
+    hint = f"; did you mean {' or '.join(map(repr, similar))}?" if similar else ""
+    return (
+        f"{axis} {label!r} is a new label: neither the active model nor an earlier label "
+        f"uses it{hint}"
+    )
 
 
 def _import_labels(ctx: Context, path: Path, who: str) -> None:
@@ -821,6 +818,9 @@ def _import_labels(ctx: Context, path: Path, who: str) -> None:
         f"{result.messages} message(s) by {who}; {result.unchanged} value(s) unchanged",
         highlight=False,
     )
+    for (axis, label), count in result.new_labels.items():
+        note = _new_label(axis, label, result.similar[axis, label])
+        err.print(styled("note:", "yellow", f"{note} ({count} message(s))"))
 
 
 @cli.command("export")

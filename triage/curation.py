@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from classifiers.datasets import JSONL_SUFFIXES
 from triage.errors import TriageError
-from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
+from triage.lifecycle import UnknownMessage, Vocabulary, add_labels, latest_guesses
 from triage.store.database import Database
 from triage.store.schema import Classification, Label, Message
 
@@ -50,6 +51,8 @@ class ImportResult:
     messages: int
     labels: int
     unchanged: int
+    new_labels: dict[tuple[str, str], int]  # (axis, label) nobody used before -> values
+    similar: dict[tuple[str, str], tuple[str, ...]]  # known labels a new one may be a typo of
 
 
 def file_format(path: Path) -> str:
@@ -78,12 +81,25 @@ def export_labelled(db: Database, path: Path) -> int:
         if kind == "csv":
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(_inert(row) for row in rows)
         else:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp.replace(path)
     log.info("exported %d labelled message(s) to %s", len(rows), path)
     return len(rows)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet run a cell as a formula (CSV injection)."""
+
+
+def _inert(row: dict[str, Any]) -> dict[str, Any]:
+    """The customer's subject and text, quoted so a spreadsheet shows them and runs nothing."""
+    for column in ("subject", "text"):
+        value = row[column]
+        if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+            row[column] = "'" + value
+    return row
 
 
 def _export_rows(db: Database) -> Iterator[dict[str, Any]]:
@@ -137,38 +153,70 @@ def _human_labels(session: Session, ids: list[int]) -> dict[int, dict[str, str]]
 
 
 def import_labels(db: Database, path: Path, by: str) -> ImportResult:
-    """Record the labels of a curated file as human labels by ``by``, all or nothing.
+    """Record the labels of a curated file as human labels by ``by``, all or nothing; each
+    label in its known spelling (see `Vocabulary`).
 
     Raises:
-        LabelFileError: The file cannot be read, or a row is bad (its line is named).
+        LabelFileError: The file cannot be read, or a row is bad (its line is named), or two
+            rows give one message different labels.
     """
     rows = list(_read_rows(path))
     recorded = unchanged = 0
     messages: set[int] = set()
+    new_labels: Counter[tuple[str, str]] = Counter()
+    similar: dict[tuple[str, str], tuple[str, ...]] = {}
     with db.transaction() as session:
-        for line, row in rows:
-            message_id, wanted = _parse_row(path, line, row)
+        vocabulary = Vocabulary(session)
+        parsed = _consistent(path, rows, vocabulary)
+        for line, row, message_id, wanted in parsed:
             changes, skipped = _changes(session, message_id, wanted, str(row.get("source") or ""))
             unchanged += skipped
             if not changes:
                 continue
             try:
-                add_labels(session, message_id, changes, by)
+                added = add_labels(session, message_id, changes, by, vocabulary)
             except UnknownMessage as exc:
                 raise LabelFileError(f"{path} line {line}: {exc}") from None
+            for item in added:
+                if item.new:
+                    new_labels[item.axis, item.label] += 1
+                    similar[item.axis, item.label] = item.similar
             recorded += len(changes)
             messages.add(message_id)
     log.info(
         "imported %d label(s) on %d message(s) from %s, by %s", recorded, len(messages), path, by
     )
-    return ImportResult(len(rows), len(messages), recorded, unchanged)
+    return ImportResult(
+        len(rows), len(messages), recorded, unchanged, dict(new_labels.most_common()), similar
+    )
+
+
+def _consistent(
+    path: Path, rows: list[tuple[int, Mapping[str, Any]]], vocabulary: Vocabulary
+) -> list[tuple[int, Mapping[str, Any], int, dict[str, str]]]:
+    """Every row parsed, its labels in their known spelling; refuses a file whose rows give
+    one message two different labels on an axis (which one is right cannot be guessed)."""
+    parsed = []
+    first: dict[tuple[int, str], tuple[int, str]] = {}
+    for line, row in rows:
+        message_id, typed = _parse_row(path, line, row)
+        wanted = {axis: vocabulary.spelling(axis, value) for axis, value in typed.items()}
+        for axis, value in wanted.items():
+            earlier_line, earlier = first.setdefault((message_id, axis), (line, value))
+            if earlier != value:
+                raise LabelFileError(
+                    f"{path} lines {earlier_line} and {line} give message {message_id} two "
+                    f"{axis} labels ({earlier!r}, {value!r}); keep one row"
+                )
+        parsed.append((line, row, message_id, wanted))
+    return parsed
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """(line number, row) of every data row."""
     kind = file_format(path)
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise LabelFileError(f"{path}: {exc.strerror or exc}") from None
     with handle:
@@ -178,15 +226,25 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
             else:
                 yield from _jsonl_rows(path, handle)
         except UnicodeDecodeError:
-            raise LabelFileError(f"{path}: not UTF-8 text") from None
+            raise LabelFileError(
+                f"{path}: not UTF-8 text; save it as UTF-8 (in Excel: CSV UTF-8)"
+            ) from None
 
 
 def _csv_rows(path: Path, handle: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
     reader = csv.DictReader(handle)
-    header = reader.fieldnames or []
+    # "Message_ID " from a spreadsheet is message_id: the header is read without case or spaces.
+    reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+    header = reader.fieldnames
     if "message_id" not in header or not any(axis in header for axis in AXES):
+        hint = (
+            "; it looks separated by ';': save it as comma-separated CSV"
+            if len(header) == 1 and ";" in header[0]
+            else ""
+        )
         raise LabelFileError(
-            f"{path} line 1: the header needs message_id and at least one of {', '.join(AXES)}"
+            f"{path} line 1: the header needs message_id and at least one of "
+            f"{', '.join(AXES)}{hint}"
         )
     start = reader.line_num + 1
     for row in reader:

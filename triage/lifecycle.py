@@ -16,9 +16,11 @@ candidate whose macro-F1 is more than one point lower on any axis, unless forced
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,9 +43,9 @@ from classifiers.training import (
     train,
 )
 from triage.errors import TriageError
-from triage.routing import REVIEW_PREFIX
+from triage.routing import REVIEW_PREFIX, fold_label
 from triage.store.database import Database
-from triage.store.schema import Classification, Customer, Label, Message
+from triage.store.schema import Classification, Customer, Label, Message, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,48 @@ def current_user() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A label just stored, with the model's guess it corrects (if any)."""
+    """A label just stored, with the model's guess it corrects (if any); ``new`` when neither
+    the active model nor any earlier human label uses it (a new class, or a typo)."""
 
     axis: str
     label: str
     model_label: str | None
     model_confidence: float | None
+    new: bool = False
+    similar: tuple[str, ...] = ()  # known labels a new one may be a typo of
+
+
+class Vocabulary:
+    """The labels in use per axis: the active model's and those humans recorded before.
+
+    A label typed with other case or spaces ("Complaint ", "BILLING") is recorded in the known
+    spelling: the model then learns one class, and routing, which compares exactly, matches.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.labels: dict[str, set[str]] = defaultdict(set)
+        active = session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+        for axis, labels in (active.details.get("axes", {}) if active else {}).items():
+            self.labels[axis].update(labels)
+        for axis, label in session.execute(select(Label.axis, Label.label).distinct()):
+            self.labels[axis].add(label)
+        self._spelling = {
+            (axis, fold_label(label)): label for axis, known in self.labels.items()
+            for label in sorted(known)
+        }  # fmt: skip
+
+    def spelling(self, axis: str, value: str) -> str:
+        """The known spelling of ``value``, else ``value`` with its spaces tidied."""
+        return self._spelling.get((axis, fold_label(value)), " ".join(value.split()))
+
+    def is_new(self, axis: str, label: str) -> bool:
+        return label not in self.labels.get(axis, ())
+
+    def suggestions(self, axis: str, label: str) -> list[str]:
+        """Known labels a new one may be a typo of (none for a known one)."""
+        if not self.is_new(axis, label):
+            return []
+        return difflib.get_close_matches(label, sorted(self.labels.get(axis, ())), n=2)
 
 
 def record_labels(
@@ -87,9 +125,14 @@ def record_labels(
 
 
 def add_labels(
-    session: Session, message_id: int, labels: Mapping[str, str], by: str
+    session: Session,
+    message_id: int,
+    labels: Mapping[str, str],
+    by: str,
+    vocabulary: Vocabulary | None = None,
 ) -> list[Recorded]:
-    """`record_labels` in the caller's transaction (bulk imports, corrections by reply).
+    """`record_labels` in the caller's transaction (bulk imports, corrections by reply); each
+    label in its known spelling (``vocabulary``, read now when not given).
 
     Raises:
         UnknownMessage: No such message, or it was quarantined or purged (no text).
@@ -105,8 +148,10 @@ def add_labels(
             "; it has no text to learn from"
         )
     guesses = latest_guesses(session, [message_id]).get(message_id, {})
+    vocabulary = vocabulary or Vocabulary(session)
     recorded = []
-    for axis, label in labels.items():
+    for axis, typed in labels.items():
+        label = vocabulary.spelling(axis, typed)
         guess = guesses.get(axis)
         session.add(
             Label(
@@ -121,7 +166,12 @@ def add_labels(
         )
         recorded.append(
             Recorded(
-                axis, label, guess.label if guess else None, guess.confidence if guess else None
+                axis,
+                label,
+                guess.label if guess else None,
+                guess.confidence if guess else None,
+                vocabulary.is_new(axis, label),
+                tuple(vocabulary.suggestions(axis, label)),
             )
         )
     return recorded

@@ -8,7 +8,7 @@ the department that owns the product area takes it. Urgent messages are marked a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from classifiers.base import Prediction
@@ -108,3 +108,37 @@ def review_reason(routing: str) -> str:
     rest, urgent, _ = routing.removeprefix(REVIEW_PREFIX).partition(URGENT_SUFFIX)
     why = rest.strip().removeprefix("(").removesuffix(")")
     return f"{why}; urgent" if urgent else why
+
+
+def label_gaps(config: Config, labels: Mapping[str, Collection[str]]) -> list[str]:
+    """Names in the routing config that a model with these labels (axis -> labels) can never
+    predict, one sentence each: a kind that is never forwarded, an area no mail reaches, an
+    urgent label never given. A label written with other case or spaces is named as the cause.
+    """
+    wanted = {
+        KIND: ("routing.forward_kinds", config.routing.forward_kinds),
+        AREA: ("departments[].areas", tuple(a for d in config.departments for a in d.areas)),
+        URGENCY: ("routing.urgent_labels", config.routing.urgent_labels),
+    }
+    gaps = []
+    for axis, (key, names) in wanted.items():
+        known = set(labels.get(axis, ()))
+        if not known:
+            continue
+        spelled = {fold_label(label): label for label in known}
+        for name in dict.fromkeys(names):
+            if name in known:
+                continue
+            if (other := spelled.get(fold_label(name))) is not None:
+                gaps.append(f"{key} has {name!r} but the model's {axis} label is {other!r}")
+            else:
+                gaps.append(
+                    f"{key} has {name!r}, which is none of the model's {axis} labels "
+                    f"({', '.join(sorted(known))})"
+                )
+    return gaps
+
+
+def fold_label(label: str) -> str:
+    """What two spellings of one label share: "Billing " and "billing" are one label."""
+    return " ".join(label.split()).casefold()

@@ -18,7 +18,7 @@ from triage.config import Config
 from triage.errors import NoActiveModel
 from triage.pipeline import Pipeline
 from triage.registry import ActiveClassifier, ModelRegistry
-from triage.routing import REVIEW_PREFIX, Router
+from triage.routing import REVIEW_PREFIX, Router, label_gaps
 from triage.store.database import Database
 from triage.store.schema import Forward, Message, ModelVersion, SourceState, utcnow
 
@@ -235,6 +235,9 @@ def collect(
         )
     if model.usable is False or model.version is None:
         problems.append(f"model: {model.problem}")
+    elif (row := active_model_row(db)) is not None:
+        gaps = label_gaps(config, row.details.get("axes", {}))
+        problems.extend(f"model {row.version}: {gap}" for gap in gaps)
     return Status(utcnow(), sources, box, quarantined, review, model, problems)
 
 
