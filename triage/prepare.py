@@ -43,7 +43,7 @@ class Prepared:
     """One item after parsing and classification; ``error`` says why it must be quarantined."""
 
     key: str  # the content key (see content_key), hashed here to spare the poller
-    raw_key: str = ""  # SHA-256 of the raw bytes: the content key of messages stored before 0.9
+    raw_key: str = ""  # SHA-256 of the raw bytes: the content key of earlier builds
     email: ParsedEmail | None = None
     error: str | None = None
     predictions: dict[str, Prediction] | None = None
@@ -92,7 +92,7 @@ def content_key(raw: bytes) -> str:
 
 
 def raw_key(raw: bytes) -> str:
-    """The content key of messages stored before 0.9, still matched so none is stored twice."""
+    """The content key earlier builds stored, still matched so no message is stored twice."""
     return hashlib.sha256(raw).hexdigest()
 
 
