@@ -76,6 +76,12 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ('[database]\nurl = "var/triage.db"', "database.url: is not a database URL"),
         ('[[departments]]\nname = "x"\nemail = "not-an-address"', "departments[0].email"),
         ("[routing\n", "is not valid TOML"),
+        (
+            '[[departments]]\nname = "a"\nemail = "a@x.test"\nareas = ["billing"]\n'.join(
+                ("", '[[departments]]\nname = "b"\nemail = "b@x.test"\nareas = ["billing"]')
+            ),
+            "departments[1].areas: 'billing' is already owned by department 'a'",
+        ),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -143,6 +149,16 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "is valid" in ok.stdout
+    assert "warning: there is no [[sources]] section: the worker has nothing to poll" in ok.stderr
+    assert "warning: there is no [[departments]] section" in ok.stderr
+    maildir = write(tmp_path, '[[sources]]\nname = "box"\ntype = "maildir"\npath = "nowhere"\n')
+    missing = subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(maildir), "config", "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 0, missing.stderr
+    assert f"sources[0].path: {tmp_path / 'nowhere'} is not a folder (yet)" in missing.stderr
     bad = write(tmp_path, "[schedule]\npoll_interval = -1")
     failed = subprocess.run(
         [sys.executable, "-m", "triage", "--config", str(bad), "config", "check"],

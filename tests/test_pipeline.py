@@ -113,7 +113,7 @@ def test_messages_stored_under_the_old_content_key_are_still_known(
     worker = maildir_worker(tmp_path)
     worker.registry.register(*tiny_model, activate=True)
     assert worker.run_once().polls[0].count("stored") == 1
-    with worker.db.transaction() as session:  # as a release before 0.9 stored it
+    with worker.db.transaction() as session:  # as an earlier build stored it
         message = session.scalars(select(Message)).one()
         message.content_key = hashlib.sha256(message.raw).hexdigest()
         session.execute(update(SourceState).values(checkpoint=None))

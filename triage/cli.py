@@ -36,7 +36,7 @@ from classifiers.datasets import LabelledData, read_labelled
 from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
 from triage import __version__, curation, lifecycle, reports, status
-from triage.config import Config, check_secrets, load_config
+from triage.config import Config, check_secrets, doubts, load_config
 from triage.errors import StoreError, TriageError
 from triage.forwarding import requeue
 from triage.identities import customer_ids, link
@@ -167,13 +167,16 @@ def config_group() -> None:
 @config_group.command("check")
 @pass_context
 def config_check(ctx: Context) -> None:
-    """Validate the config file and the secrets it names; exit 2 naming the bad key."""
+    """Validate the config file and the secrets it names; exit 2 naming the bad key. A valid
+    config that cannot work as it is (no sources, a Maildir folder missing, ...) is warned of."""
     config = ctx.config()
     check_secrets(config)
     out.print(
         f"{ctx.config_path} is valid: {len(config.sources)} source(s), "
         f"{len(config.departments)} department(s), forwarding by {config.forwarding.transport}"
     )
+    for doubt in doubts(config):
+        err.print(styled("warning:", "yellow", doubt), highlight=False)
 
 
 @cli.group("db")

@@ -351,6 +351,7 @@ class Config(_Section):
     def _cross_checks(self) -> Config:
         _unique([s.name for s in self.sources], "sources", "name")
         _unique([d.name for d in self.departments], "departments", "name")
+        _one_owner_per_area(self.departments)
         known = {d.name for d in self.departments}
         if self.routing.review_department and self.routing.review_department not in known:
             raise ValueError(
@@ -378,6 +379,19 @@ class Config(_Section):
         raise ConfigError(f"no source named {name!r} (configured: {known})")
 
 
+def doubts(config: Config) -> list[str]:
+    """What makes a valid config do nothing useful, one sentence each, for `config check`."""
+    found = []
+    if not config.sources:
+        found.append("there is no [[sources]] section: the worker has nothing to poll")
+    for i, source in enumerate(config.sources):
+        if isinstance(source, MaildirSource) and not source.path.is_dir():
+            found.append(f"sources[{i}].path: {source.path} is not a folder (yet)")
+    if not config.departments:
+        found.append("there is no [[departments]] section: nothing can be forwarded")
+    return found
+
+
 def _check_corrections_source(name: str, sources: tuple[AnySource, ...]) -> None:
     for source in sources:
         if source.name == name:
@@ -385,6 +399,17 @@ def _check_corrections_source(name: str, sources: tuple[AnySource, ...]) -> None
                 raise ValueError(f"corrections.source {name!r} is not an imap or maildir source")
             return
     raise ValueError(f"corrections.source names {name!r}, which is not a source")
+
+
+def _one_owner_per_area(departments: tuple[Department, ...]) -> None:
+    """An area owned twice would silently go to whichever department is listed last."""
+    owners: dict[str, str] = {}
+    for i, department in enumerate(departments):
+        for area in department.areas:
+            if (owner := owners.setdefault(area, department.name)) != department.name:
+                raise ValueError(
+                    f"departments[{i}].areas: {area!r} is already owned by department {owner!r}"
+                )
 
 
 def _unique(names: list[str], section: str, key: str) -> None:
