@@ -55,6 +55,18 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.classifier.models_dir == tmp_path / "models"
 
 
+TWO_OWNERS = """
+[[departments]]
+name = "a"
+email = "a@x.test"
+areas = ["billing"]
+[[departments]]
+name = "b"
+email = "b@x.test"
+areas = ["billing"]
+"""
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -77,9 +89,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ('[[departments]]\nname = "x"\nemail = "not-an-address"', "departments[0].email"),
         ("[routing\n", "is not valid TOML"),
         (
-            '[[departments]]\nname = "a"\nemail = "a@x.test"\nareas = ["billing"]\n'.join(
-                ("", '[[departments]]\nname = "b"\nemail = "b@x.test"\nareas = ["billing"]')
-            ),
+            TWO_OWNERS,
             "departments[1].areas: 'billing' is already owned by department 'a'",
         ),
     ],
