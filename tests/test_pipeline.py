@@ -57,6 +57,25 @@ def test_oversized_message_is_recorded_and_sent_to_review(
         assert message.truncated and message.size > 5000 and b"zzzz" not in message.raw
 
 
+def test_a_body_that_could_not_be_read_is_sent_to_review_not_guessed(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    subject, body = tiny_text("complaint", "billing")
+    nested = f"Content-Type: text/plain\n\n{body}\n"
+    for depth in range(60):
+        nested = (
+            f'Content-Type: multipart/mixed; boundary="b{depth}"\n\n'
+            f"--b{depth}\n{nested}\n--b{depth}--\n"
+        )
+    raw = f"From: olena@example.com\nSubject: {subject}\nMIME-Version: 1.0\n{nested}"
+    deliver(tmp_path / "Maildir", "1.deep", raw.encode())
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    [outcome] = worker.run_once().polls[0].outcomes
+    assert outcome.route is not None and outcome.route.department == "review"
+    assert "the body could not be read: MIME nesting too deep" in outcome.route.reason
+
+
 def test_without_a_model_messages_are_stored_and_sent_to_review(tmp_path: Path) -> None:
     deliver(tmp_path / "Maildir", "1.a", make_email(*tiny_text("complaint", "billing")))
     worker = maildir_worker(tmp_path)

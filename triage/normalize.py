@@ -1209,6 +1209,18 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+_LOST = ("ignored", "skipped", "could not be decoded")
+"""Words of the warnings above that mean content was dropped, not that it was absent."""
+
+
+def lost_body(email: ParsedEmail) -> str | None:
+    """Why the body is empty when the mail had one we could not read (hostile nesting, a
+    broken part), else None: such a mail must not be classified on its subject alone."""
+    if email.body_text.strip():
+        return None
+    return next((w for w in email.warnings if any(word in w for word in _LOST)), None)
+
+
 def parse_email(raw: bytes, *, max_text_chars: int = 20000) -> ParsedEmail:
     """Parse raw message bytes into a ``ParsedEmail``; never raises on malformed content."""
     if not isinstance(raw, bytes | bytearray | memoryview):

@@ -36,7 +36,7 @@ from triage.config import Config
 from triage.errors import check_named
 from triage.faults import crash_point
 from triage.forwarding import outbox_row
-from triage.normalize import ParsedEmail
+from triage.normalize import ParsedEmail, lost_body
 from triage.prepare import Prepared, Preparer, classification_text, prepare
 from triage.registry import ActiveClassifier
 from triage.routing import AREA, URGENCY, Route, Router
@@ -380,6 +380,8 @@ class Pipeline:
                 f"message of {entry.item.size} bytes is over the size limit; headers kept"
             )
         assert entry.email is not None
+        if lost := lost_body(entry.email):
+            return self.router.review(f"the body could not be read: {lost}")
         predictions, reasons = self._urgency(entry, contacts)
         route = self.router.route(predictions, entry.email.auto_reason)
         if route.urgent and reasons:
