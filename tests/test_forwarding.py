@@ -236,6 +236,36 @@ def test_a_file_in_place_of_the_forwards_directory_is_retried_not_raised(
     )
 
 
+@pytest.mark.parametrize(
+    ("raw", "attached_as", "encoding"),
+    [
+        (b"Subject: hi\r\n\r\nplain ascii\r\n", "message/rfc822", None),
+        ("Subject: x\n\nГроші не повернули\n".encode("koi8-u"), "message/rfc822", "8bit"),
+        (b"Subject: x\n\nnul \x00 inside\n", "application/octet-stream", "base64"),
+        (b"Subject: x\n\n" + b"y" * 1200 + b"\n", "application/octet-stream", "base64"),
+    ],
+)
+def test_the_attached_original_is_declared_as_what_it_is(
+    tmp_path: Path, db: Database, raw: bytes, attached_as: str, encoding: str | None
+) -> None:
+    """A department's mail server may refuse 8-bit or NUL bytes that no header announces."""
+    config = make_config(tmp_path)
+    forward_id = queue_forward(db)
+    with db.transaction() as session:
+        forward = session.get(Forward, forward_id)
+        assert forward is not None
+        forward.message.raw = raw
+    Forwarder(db, config, make_transport(config)).flush()
+    [written] = list((tmp_path / "forwards").iterdir())
+    mail = message_from_bytes(written.read_bytes())
+    [attachment] = [part for part in mail.walk() if part.get_filename() == "original.eml"]
+    assert attachment.get_content_type() == attached_as
+    assert attachment["Content-Transfer-Encoding"] == encoding
+    assert mail["Content-Transfer-Encoding"] == ("8bit" if encoding == "8bit" else None)
+    if encoding == "base64":
+        assert attachment.get_payload(decode=True) == raw
+
+
 def test_customer_text_cannot_inject_headers(tmp_path: Path, db: Database) -> None:
     config = make_config(tmp_path)
     forward_id = queue_forward(db)

@@ -453,7 +453,10 @@ def compose(
     )
     mail.attach(text_part(summary))
     if message.channel == "email":
-        mail.attach(_attached_original(message.raw))
+        original = _attached_original(message.raw)
+        if original["Content-Transfer-Encoding"] == "8bit":
+            mail["Content-Transfer-Encoding"] = "8bit"  # a multipart is as wide as its parts
+        mail.attach(original)
     else:
         mail.attach(_attached_post(message.raw))
     return mail
@@ -503,16 +506,28 @@ def _post_lines(message: Message) -> list[str]:
     ]
 
 
+_UNSAFE_LINE = re.compile(rb"\r(?!\n)|[^\r\n]{999}")
+"""A bare CR, or a line longer than RFC 5322's 998 octets."""
+
+
 def _attached_original(raw: bytes) -> Email:
     """The customer's message, byte for byte (line ends made CRLF, as on the wire).
 
-    A string payload is written out verbatim by the generator, so nothing is re-encoded.
+    A string payload is written out verbatim by the generator, so nothing is re-encoded; an
+    8-bit one (KOI8-U, windows-1251) is declared 8bit. Bytes no mail may carry as they are
+    (NUL, a bare CR, a line over 998 octets) make it an ``application/octet-stream`` in
+    base64, still ``original.eml`` and byte-exact.
     """
-    part = Email()
-    part["Content-Type"] = "message/rfc822"
-    part["Content-Disposition"] = 'attachment; filename="original.eml"'
     crlf = re.sub(rb"\r?\n", b"\r\n", raw)
-    part.set_payload(crlf.decode("ascii", "surrogateescape"))
+    if b"\0" in crlf or _UNSAFE_LINE.search(crlf):
+        part = MIMEApplication(raw, "octet-stream")
+    else:
+        part = Email()
+        part["Content-Type"] = "message/rfc822"
+        if not crlf.isascii():
+            part["Content-Transfer-Encoding"] = "8bit"
+        part.set_payload(crlf.decode("ascii", "surrogateescape"))
+    part["Content-Disposition"] = 'attachment; filename="original.eml"'
     return part
 
 
