@@ -85,6 +85,17 @@ def test_without_a_model_messages_are_stored_and_sent_to_review(tmp_path: Path) 
     assert "no active model" in outcome.route.reason
 
 
+def test_without_a_model_the_urgency_markers_still_escalate(tmp_path: Path) -> None:
+    """A broken model must not hide "urgent ... lawyer" mail among the routine reviews."""
+    mail = make_email("Refund", "Urgent: I will go to court if the refund is not made today.")
+    deliver(tmp_path / "Maildir", "1.a", mail)
+    worker = maildir_worker(tmp_path)
+    [outcome] = worker.run_once().polls[0].outcomes
+    assert outcome.route is not None and outcome.route.department == "review"
+    assert outcome.route.urgent and outcome.route.cc_addrs
+    assert "no active model" in outcome.route.reason and "court" in outcome.route.reason
+
+
 def test_a_replayed_batch_adds_nothing_twice(
     tmp_path: Path, tiny_model: tuple[Classifier, Path]
 ) -> None:

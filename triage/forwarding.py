@@ -519,6 +519,7 @@ def _attached_original(raw: bytes) -> Email:
     base64, still ``original.eml`` and byte-exact.
     """
     crlf = re.sub(rb"\r?\n", b"\r\n", raw)
+    part: Email
     if b"\0" in crlf or _UNSAFE_LINE.search(crlf):
         part = MIMEApplication(raw, "octet-stream")
     else:

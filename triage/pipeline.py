@@ -380,10 +380,11 @@ class Pipeline:
                 f"message of {entry.item.size} bytes is over the size limit; headers kept"
             )
         assert entry.email is not None
-        if lost := lost_body(entry.email):
-            return self.router.review(f"the body could not be read: {lost}")
         predictions, reasons = self._urgency(entry, contacts)
-        route = self.router.route(predictions, entry.email.auto_reason)
+        if lost := lost_body(entry.email):
+            route = self.router.review(f"the body could not be read: {lost}", bool(reasons))
+        else:
+            route = self.router.route(predictions, entry.email.auto_reason, bool(reasons))
         if route.urgent and reasons:
             because = urgency.URGENT_BECAUSE + "; ".join(reasons)
             route = replace(route, reason=f"{route.reason}. {because}")
@@ -403,11 +404,12 @@ class Pipeline:
     def _urgency(
         self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]
     ) -> tuple[dict[str, Prediction] | None, tuple[str, ...]]:
-        """The predictions with the urgency the signals decide, and its reasons."""
-        if entry.predictions is None or entry.email is None:
+        """The predictions with the urgency the signals decide, and its reasons (none when
+        not urgent). Without a model the markers, VIPs and channels still decide."""
+        if entry.email is None:
             return entry.predictions, ()
         settings = self.config.urgency
-        area = entry.predictions.get(AREA)
+        area = entry.predictions.get(AREA) if entry.predictions else None
         area_label = area.label if area is not None else None
         seen = contacts.setdefault(_identity(entry), [])
         window = timedelta(days=settings.repeat_window_days)
@@ -415,7 +417,7 @@ class Pipeline:
         if area_label is not None:
             seen.append((area_label, entry.item.received_at))  # later messages of the batch
         verdict = urgency.assess(
-            entry.predictions.get(URGENCY),
+            entry.predictions.get(URGENCY) if entry.predictions else None,
             classification_text(entry.email),
             _urgency_channel(entry),
             entry.email.sender_address,
@@ -424,7 +426,7 @@ class Pipeline:
             self.config.routing.urgent_labels,
             area_label,
         )
-        if not verdict.escalated or verdict.label is None:
+        if entry.predictions is None or not verdict.escalated or verdict.label is None:
             return entry.predictions, verdict.reasons
         raised = Prediction(verdict.label, 1.0)
         return {**entry.predictions, URGENCY: raised}, verdict.reasons

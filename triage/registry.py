@@ -197,10 +197,13 @@ class ActiveClassifier:
         except NoActiveModel as exc:
             self._classifier = None
             if str(exc) != self._problem:
-                log.error("%s; messages are stored and sent to review meanwhile", exc)
+                problem = (
+                    f"{str(exc).rstrip('.')}; messages are stored and sent to review meanwhile"
+                )
+                log.error("%s", problem)
                 self._problem = str(exc)
                 if self.on_problem is not None:
-                    self.on_problem(f"{exc}; messages are stored and sent to review meanwhile.")
+                    self.on_problem(f"{problem}.")
             return None
         if self._problem:
             log.info("model %s is active again", self._classifier.version)

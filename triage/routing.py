@@ -40,17 +40,24 @@ class Router:
         self.owners = {area: d.name for d in config.departments for area in d.areas}
         self.redirect = config.forwarding.redirect_all_to
 
-    def route(self, predictions: Mapping[str, Prediction] | None, auto_reason: str | None) -> Route:
+    def route(
+        self,
+        predictions: Mapping[str, Prediction] | None,
+        auto_reason: str | None,
+        signalled_urgent: bool = False,
+    ) -> Route:
         """Decide the department for one message.
 
         Args:
             predictions: the model's answer per axis; None when no model is active.
             auto_reason: why the message is machine-sent (auto-reply, bulk, our own forward).
+            signalled_urgent: urgent by the config's markers, VIPs or channels, which still
+                count when there is no model to ask.
         """
         if auto_reason:
             return Route(None, f"not forwarded: machine-sent ({auto_reason})")
         if predictions is None:
-            return self.review("no active model")
+            return self.review("no active model", signalled_urgent)
         urgent = self._is_urgent(predictions.get(URGENCY))
         kind = predictions.get(KIND)
         if kind is None:
