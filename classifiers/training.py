@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
@@ -89,6 +89,7 @@ class _Axis:
     smallest: int
     folds: list[tuple[np.ndarray, np.ndarray]]
     cv_skipped: str
+    repeated: int  # rows whose text an earlier row of the axis has
 
 
 def train(
@@ -549,18 +550,29 @@ def _plan_axis(data: LabelledData, name: str, cv_folds: int, random_state: int) 
         )
     y = np.asarray(labels, dtype=object)
     smallest = min(counts.values())
-    folds, skipped = _folds(y, min(cv_folds, smallest), random_state)
-    return _Axis(name, np.asarray(rows), y, smallest, folds, skipped)
+    _, texts = np.unique(np.asarray([data.texts[row] for row in rows], dtype=object),
+                         return_inverse=True)  # fmt: skip
+    folds, skipped = _folds(y, texts, min(cv_folds, smallest), random_state)
+    return _Axis(name, np.asarray(rows), y, smallest, folds, skipped, len(y) - texts.max() - 1)
 
 
 def _folds(
-    y: np.ndarray, n_folds: int, random_state: int
+    y: np.ndarray, texts: np.ndarray, n_folds: int, random_state: int
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """Stratified folds whose training part still has 2 examples per class for calibration."""
+    """Stratified folds whose training part still has 2 examples per class for calibration.
+
+    Rows repeating one text (``texts`` numbers the distinct texts) stay in one fold: a copy
+    in the training part would make the score of its twin a memory test.
+    """
     if n_folds < 2:
         return [], "cross-validation is disabled (cv_folds < 2)"
-    splitter = StratifiedKFold(n_folds, shuffle=True, random_state=random_state)
-    folds = list(splitter.split(np.zeros(len(y)), y))
+    repeated = len(np.unique(texts)) < len(texts)
+    splitter = (
+        StratifiedGroupKFold(n_folds, shuffle=True, random_state=random_state)
+        if repeated
+        else StratifiedKFold(n_folds, shuffle=True, random_state=random_state)
+    )
+    folds = list(splitter.split(np.zeros(len(y)), y, groups=texts if repeated else None))
     for train_rows, _ in folds:
         if min(Counter(y[train_rows]).values()) < MIN_EXAMPLES_PER_CLASS:
             return [], "a class is too small to cross-validate (needs 3 examples)"
@@ -690,6 +702,7 @@ def _cv_outcome(
             "labels": labels,
             "folds": 0,
             "skipped": axis.cv_skipped,
+            "repeated_texts": axis.repeated,
         }
         return scores, [], []
     predicted = np.empty(len(axis.labels), dtype=object)
@@ -703,7 +716,7 @@ def _cv_outcome(
     scores = _scores(truth, predicted.tolist())
     scores["ece"] = calibration.expected_calibration_error(confidence, predicted == axis.labels)
     return (
-        {**scores, "labels": labels, "folds": len(axis.folds)},
+        {**scores, "labels": labels, "folds": len(axis.folds), "repeated_texts": axis.repeated},
         predicted.tolist(),
         confidence.tolist(),
     )

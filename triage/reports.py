@@ -34,15 +34,20 @@ def metrics_table(
     table = Table(title=title)
     for column in ("axis", "accuracy", "macro-F1", "n"):
         table.add_column(column, justify="left" if column == "axis" else "right")
-    skipped = []
+    notes = []
     for axis, values in metrics.items():
         table.add_row(
             axis, _score(values.get("accuracy")), _score(values.get("macro_f1")),
             str(values.get("n", "")),
         )  # fmt: skip
         if values.get("skipped"):
-            skipped.append(f"{axis}: not estimated, {values['skipped']}")
-    table.caption = "; ".join(skipped) or None
+            notes.append(f"{axis}: not estimated, {values['skipped']}")
+        if repeated := values.get("repeated_texts"):
+            notes.append(
+                f"{axis}: {repeated} row(s) repeat an earlier text; each text is scored in "
+                "one fold only"
+            )
+    table.caption = "; ".join(notes) or None
     return table
 
 

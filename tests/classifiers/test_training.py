@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -189,3 +190,18 @@ def test_evaluate_refuses_an_axis_the_model_lacks(tiny_classifier: Classifier) -
 def test_texts_without_words_are_refused() -> None:
     with pytest.raises(TrainingError, match="no words or characters"):
         train(LabelledData(texts=["", " ", "", "."], labels={"kind": ["a", "a", "b", "b"]}))
+
+
+def test_repeated_texts_are_scored_in_one_fold_only() -> None:
+    """Copies of a text in the training folds would turn the estimate into a memory test:
+    on labels that are pure chance it would read near 1.0."""
+    rng = random.Random(3)
+    words = [f"w{n}" for n in range(400)]
+    texts = [" ".join(rng.sample(words, 12)) for _ in range(60)]
+    labels = [rng.choice(["a", "b"]) for _ in texts]
+    data = LabelledData(texts * 4, {"kind": labels * 4})
+
+    scores = train(data, cv_folds=4).metadata["metrics"]["cv"]["kind"]
+
+    assert scores["repeated_texts"] == 180
+    assert scores["accuracy"] < 0.75
