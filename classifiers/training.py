@@ -553,7 +553,8 @@ def _plan_axis(data: LabelledData, name: str, cv_folds: int, random_state: int) 
     _, texts = np.unique(np.asarray([data.texts[row] for row in rows], dtype=object),
                          return_inverse=True)  # fmt: skip
     folds, skipped = _folds(y, texts, min(cv_folds, smallest), random_state)
-    return _Axis(name, np.asarray(rows), y, smallest, folds, skipped, len(y) - texts.max() - 1)
+    repeated = len(y) - int(texts.max()) - 1
+    return _Axis(name, np.asarray(rows), y, smallest, folds, skipped, repeated)
 
 
 def _folds(

@@ -205,3 +205,27 @@ def test_the_export_cannot_run_formulas_in_a_spreadsheet(
     exported = config.parent / "labels.csv"
     assert run(capsys, monkeypatch, config, "export", "--labelled", str(exported))[0] == 0
     assert read_csv(exported)[0]["subject"] == '\'=HYPERLINK("http://evil.example","refund")'
+
+
+def test_messages_sent_to_review_without_a_model_are_exported_to_be_labelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email(*tiny_text("complaint", "billing")))
+    worker = Worker(
+        make_config(tmp_path, sources=[{"name": "box", "type": "maildir", "path": str(box)}])
+    )
+    worker.db.upgrade()
+    assert worker.run_once().polls[0].count("stored") == 1  # no model: sent to review
+    worker.db.dispose()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "triage.db"}"\n', encoding="utf-8")
+    exported = tmp_path / "labels.csv"
+    assert run(capsys, monkeypatch, config, "export", "--labelled", str(exported))[0] == 0
+    [row] = read_csv(exported)
+    assert (row["kind"], row["area"], row["source"]) == ("", "", "")
+    row["kind"], row["area"] = "complaint", "billing"
+    write_csv(exported, [row])
+    code, out, err = run(capsys, monkeypatch, config, "label", "--import", str(exported))
+    assert code == 0, err
+    assert "recorded 2 label(s) on 1 message(s)" in out

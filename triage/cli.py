@@ -832,7 +832,8 @@ def _import_labels(ctx: Context, path: Path, who: str) -> None:
     "path",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="CSV or JSONL file (by extension): every classified message, its current labels.",
+    help="CSV or JSONL file (by extension): every classified, labelled or reviewed message, "
+    "its current labels.",
 )
 @pass_context
 def export(ctx: Context, path: Path) -> None:

@@ -1,8 +1,9 @@
 """Bulk curation of labels: `triage export --labelled FILE` and `triage label --import FILE`.
 
-The export has one row per classified message: ``message_id``, ``subject``, ``text`` (what the
-model classified), the current label per axis (the latest human label, else the model's guess)
-and ``source``: ``human`` (every label a human's), ``model`` (none) or ``mixed``. The import reads
+The export has one row per classified, labelled or reviewed message: ``message_id``,
+``subject``, ``text`` (what the model classified), the current label per axis (the latest human
+label, else the model's guess, else empty) and ``source``: ``human`` (every label a human's),
+``model`` (none), ``mixed``, or empty when there is no label yet. The import reads
 ``message_id`` and any of the axis columns (other columns are ignored) and records each value as
 a human label, in one transaction: a bad row stops the import, naming its line, before anything
 is written. A value equal to the current human label is skipped, and so is one equal to the
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 from classifiers.datasets import JSONL_SUFFIXES
 from triage.errors import TriageError
 from triage.lifecycle import UnknownMessage, Vocabulary, add_labels, latest_guesses
+from triage.routing import REVIEW_PREFIX
 from triage.store.database import Database
 from triage.store.schema import Classification, Label, Message
 
@@ -122,17 +124,23 @@ def _export_rows(db: Database) -> Iterator[dict[str, Any]]:
                 )
             given = [axis for axis in AXES if row[axis]]
             mine = [axis for axis in given if axis in human]
-            row["source"] = "human" if mine == given else "model" if not mine else "mixed"
+            row["source"] = (
+                "" if not given else "human" if mine == given else "model" if not mine else "mixed"
+            )
             yield row
 
 
 def _labelled_ids(session: Session) -> list[int]:
-    """Messages with a model guess or a human label, still holding their text."""
+    """Messages with a model guess or a human label, or sent to review (with no model to
+    guess, they are what most needs labels), still holding their text."""
     labelled = select(Classification.message_id).union(select(Label.message_id)).subquery()
     return list(
         session.scalars(
             select(Message.id)
-            .where(Message.id.in_(select(labelled)), Message.purged_at.is_(None))
+            .where(
+                Message.id.in_(select(labelled)) | Message.routing.startswith(REVIEW_PREFIX),
+                Message.purged_at.is_(None),
+            )
             .where(Message.status != "quarantined")
             .order_by(Message.id)
         )
