@@ -6,6 +6,7 @@ Everything outside this package (the worker, the CLI) catches `ClassifierError` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -23,6 +24,16 @@ class TrainingError(ClassifierError):
 
 class ModelError(ClassifierError):
     """A saved model cannot be used: missing, tampered with, or from another scikit-learn."""
+
+
+def quoted(names: Iterable[str], limit: int = 10, width: int = 40) -> str:
+    """Quote names for a one-sentence message: 'a', 'b', and 3 more (a column of free text
+    read as labels has thousands, each a sentence long)."""
+    listed = [repr(name if len(name) <= width else name[: width - 1] + "…") for name in names]
+    if not listed:
+        return "(none)"
+    more = f", and {len(listed) - limit} more" if len(listed) > limit else ""
+    return ", ".join(listed[:limit]) + more
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from classifiers.base import DatasetError
+from classifiers.base import DatasetError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class LabelledData:
         """
         if axis not in self.labels:
             raise DatasetError(
-                f"Axis {axis!r} is not in the data; its axes are {_names(self.axes)}."
+                f"Axis {axis!r} is not in the data; its axes are {quoted(self.axes)}."
             )
         pairs = [(row, label) for row, label in enumerate(self.labels[axis]) if label is not None]
         return [row for row, _ in pairs], [label for _, label in pairs]
@@ -125,7 +125,7 @@ def read_labelled(
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not valid UTF-8 ({exc.reason}).") from exc
     if not data.texts:
-        raise DatasetError(f"{path} has no row with text in column(s) {_names(text_columns)}.")
+        raise DatasetError(f"{path} has no row with text in column(s) {quoted(text_columns)}.")
     if data.skipped:
         log.info("%s: skipped %d row(s) without text", path, data.skipped)
     log.debug("%s: read %d row(s), axes %s", path, len(data), ", ".join(data.axes))
@@ -141,7 +141,7 @@ def _check_columns(text_columns: Sequence[str], label_columns: Sequence[str]) ->
     columns = [*text_columns, *label_columns]
     duplicates = sorted({name for name in columns if columns.count(name) > 1})
     if duplicates:
-        raise DatasetError(f"Column(s) {_names(duplicates)} are named more than once.")
+        raise DatasetError(f"Column(s) {quoted(duplicates)} are named more than once.")
     return columns
 
 
@@ -196,7 +196,7 @@ def _require_columns(path: Path, columns: Sequence[str], available: Sequence[str
     missing = [name for name in columns if name not in available]
     if missing:
         raise DatasetError(
-            f"{path} has no column {_names(missing)}; available columns: {_names(available)}."
+            f"{path} has no column {quoted(missing)}; available columns: {quoted(available)}."
         )
 
 
@@ -243,11 +243,6 @@ def _clean_label(value: object) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def _names(names: Sequence[str]) -> str:
-    """Quote names for a message: 'subject', 'body'."""
-    return ", ".join(repr(name) for name in names) or "(none)"
 
 
 def subset(data: LabelledData, rows: Sequence[int]) -> LabelledData:

@@ -36,7 +36,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from classifiers import calibration, embeddings, pipeline
-from classifiers.base import DatasetError, TrainingError
+from classifiers.base import DatasetError, TrainingError, quoted
 from classifiers.datasets import LabelledData, subset
 from classifiers.model import Classifier, library_versions
 
@@ -543,7 +543,7 @@ def _plan_axis(data: LabelledData, name: str, cv_folds: int, random_state: int) 
         )
     rare = sorted(label for label, count in counts.items() if count < MIN_EXAMPLES_PER_CLASS)
     if rare:
-        which = f"class {rare[0]!r} has" if len(rare) == 1 else f"classes {_quoted(rare)} have"
+        which = f"class {rare[0]!r} has" if len(rare) == 1 else f"classes {quoted(rare)} have"
         raise TrainingError(
             f"Axis {name!r}: {which} fewer than {MIN_EXAMPLES_PER_CLASS} examples; "
             "label more or merge into another class."
@@ -762,11 +762,6 @@ def _reporter(
             progress(description, done, total)
 
     return report
-
-
-def _quoted(names: Iterable[str]) -> str:
-    """Quote names for a message: 'a', 'b'."""
-    return ", ".join(repr(name) for name in names)
 
 
 def _fmt(value: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -113,6 +114,18 @@ def test_classes_with_one_example_are_all_named() -> None:
 
     with pytest.raises(TrainingError, match="classes 'ads', 'spam' have fewer than 2"):
         train(LabelledData(data.texts, {"kind": kinds}))
+
+
+def test_free_text_read_as_labels_is_refused_in_one_short_sentence() -> None:
+    data = make_tiny_data(n_rows=60)
+
+    with pytest.raises(TrainingError) as refused:
+        train(LabelledData(data.texts, {"kind": data.texts}))  # the text column as label
+
+    message = str(refused.value)
+    rare = sum(1 for count in Counter(data.texts).values() if count < 2)
+    assert f"…', and {rare - 10} more have fewer than 2 examples" in message
+    assert len(message) < 600
 
 
 def test_class_with_one_example_is_refused_by_name() -> None:
