@@ -244,3 +244,21 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_work(
     evaluated = triage(demo, "evaluate", *DEMO_TRAIN, "--report", str(blocker / "sub"))
     assert evaluated.returncode == 2
     assert "--report" in evaluated.stderr and "Not a directory" in evaluated.stderr
+
+
+def test_from_history_takes_the_active_models_columns(demo: Path, tmp_path: Path) -> None:
+    retrained = triage(demo, "train", "--from-history", "--data", str(ROOT / "demo/training.csv"))
+    assert retrained.returncode == 0, retrained.stderr
+    assert "trained with" in retrained.stdout and "human correction(s)" in retrained.stdout
+    fresh = tmp_path / "config.toml"
+    fresh.write_text(
+        demo.read_text(encoding="utf-8").replace(
+            'url = "sqlite:///var/triage.db"', f'url = "sqlite:///{tmp_path / "triage.db"}"'
+        ),
+        encoding="utf-8",
+    )
+    no_model = triage(fresh, "train", "--from-history")
+    assert no_model.returncode == 2
+    assert "no model is active (or it does not load); name the files with --data" in (
+        " ".join(no_model.stderr.split())
+    )

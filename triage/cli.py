@@ -503,6 +503,12 @@ def train(
             err.print(
                 styled("warning:", "yellow", f"{exc}; the quality gate is skipped"), highlight=False
             )
+    if from_history and active is not None and not (text_columns and label_columns):
+        # The active model's columns: --from-history retrains it, on other files if given.
+        recorded = lifecycle.DataSpec.of(active)
+        text_columns = text_columns or recorded.text_columns
+        label_columns = label_columns or recorded.label_columns
+        data_paths = data_paths or recorded.files
     if data_paths:
         if not text_columns or not label_columns:
             missing = [
@@ -514,8 +520,11 @@ def train(
         spec = lifecycle.DataSpec(
             tuple(p.resolve() for p in data_paths), text_columns, label_columns
         )
-    elif from_history and active is not None:
-        spec = lifecycle.DataSpec.of(active)
+    elif from_history:
+        raise click.UsageError(
+            "--from-history without --data retrains the active model on its own files, and "
+            "no model is active (or it does not load); name the files with --data"
+        )
     else:
         raise click.UsageError("name the training data with --data (or use --from-history)")
     options = config.classifier.train_options()
