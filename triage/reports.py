@@ -42,6 +42,12 @@ def metrics_table(
         )  # fmt: skip
         if values.get("skipped"):
             notes.append(f"{axis}: not estimated, {values['skipped']}")
+        if "oos_recall" in values:
+            notes.append(
+                f"{axis}: in-scope accuracy {_score(values['in_scope_accuracy'])}, "
+                f"out-of-scope recall {_score(values['oos_recall'])} at abstain threshold "
+                f"{_score(values.get('abstain_threshold'), 2)}"
+            )
         if repeated := values.get("repeated_texts"):
             notes.append(
                 f"{axis}: {repeated} row(s) repeat an earlier text; each text is scored in "
