@@ -127,7 +127,10 @@ def read_labelled(
     if not data.texts:
         raise DatasetError(f"{path} has no row with text in column(s) {quoted(text_columns)}.")
     if data.skipped:
-        log.info("%s: skipped %d row(s) without text", path, data.skipped)
+        log.warning(
+            "%s: skipped %d row(s) with no text in column(s) %s",
+            path, data.skipped, quoted(text_columns),
+        )  # fmt: skip
     log.debug("%s: read %d row(s), axes %s", path, len(data), ", ".join(data.axes))
     return data
 

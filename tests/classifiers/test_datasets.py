@@ -29,7 +29,9 @@ def jsonl(path: Path, rows: list[object]) -> Path:
     return write(path, "\n".join(lines) + "\n")
 
 
-def test_csv_joins_text_columns_and_skips_rows_without_text(tmp_path: Path) -> None:
+def test_csv_joins_text_columns_and_skips_rows_without_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write(tmp_path / "data.csv", HEADER + ROWS)
 
     data = read_labelled(path, ["subject", "body"], ["kind", "area"])
@@ -45,6 +47,10 @@ def test_csv_joins_text_columns_and_skips_rows_without_text(tmp_path: Path) -> N
     }
     assert data.skipped == 1
     assert data.axes == ("kind", "area")
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage().endswith(
+        "skipped 1 row(s) with no text in column(s) 'subject', 'body'"
+    )
 
 
 def test_csv_with_byte_order_mark_reads_the_first_column(tmp_path: Path) -> None:
