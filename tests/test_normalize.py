@@ -843,6 +843,10 @@ def test_sender_fallbacks() -> None:
     assert parsed.sender_address == "rp@x.com"
     parsed = parse_email(make(b"t", sender=None))
     assert (parsed.sender_name, parsed.sender_address) == ("", "")
+    parsed = parse_email(make(b"t", sender="Angry Customer"))  # no address: still who wrote
+    assert (parsed.sender_name, parsed.sender_address) == ("Angry Customer", "")
+    parsed = parse_email(make(b"t", sender="<>"))
+    assert (parsed.sender_name, parsed.sender_address) == ("", "")
 
 
 def test_date_parsing() -> None:

@@ -494,6 +494,8 @@ def _parse_address(value: str | Header | None, warnings: list[str], where: str) 
     if "@" not in addr:
         match = _ADDR_RE.search(text)
         addr = match.group(0) if match else ""
+        if not addr and not name:  # "From: Angry Customer": no address, but still who wrote
+            name = _fold(_sanitize(_decode_words(text, [], where))).strip("<>\"' ")
     return name, addr.strip().lower()
 
 
