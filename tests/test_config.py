@@ -150,31 +150,26 @@ def test_secret_file_must_not_be_world_readable(tmp_path: Path) -> None:
     assert resolve_secret(config.sources[0], "sources[0]") == "s3cret"
 
 
-def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
-    good = write(tmp_path, "")
-    ok = subprocess.run(
-        [sys.executable, "-m", "triage", "--config", str(good), "config", "check"],
+def config_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(path), "config", "check"],
         capture_output=True,
         text=True,
     )
+
+
+def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
+    ok = config_check(write(tmp_path, ""))
     assert ok.returncode == 0, ok.stderr
     assert "is valid" in ok.stdout
     assert "warning: there is no [[sources]] section: the worker has nothing to poll" in ok.stderr
     assert "warning: there is no [[departments]] section" in ok.stderr
-    maildir = write(tmp_path, '[[sources]]\nname = "box"\ntype = "maildir"\npath = "nowhere"\n')
-    missing = subprocess.run(
-        [sys.executable, "-m", "triage", "--config", str(maildir), "config", "check"],
-        capture_output=True,
-        text=True,
+    missing = config_check(
+        write(tmp_path, '[[sources]]\nname = "box"\ntype = "maildir"\npath = "nowhere"\n')
     )
     assert missing.returncode == 0, missing.stderr
     assert f"sources[0].path: {tmp_path / 'nowhere'} is not a folder (yet)" in missing.stderr
-    bad = write(tmp_path, "[schedule]\npoll_interval = -1")
-    failed = subprocess.run(
-        [sys.executable, "-m", "triage", "--config", str(bad), "config", "check"],
-        capture_output=True,
-        text=True,
-    )
+    failed = config_check(write(tmp_path, "[schedule]\npoll_interval = -1"))
     assert failed.returncode == 2
     assert "schedule.poll_interval" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
