@@ -64,15 +64,16 @@ def _score(value: float | None, digits: int = 3) -> str:
 
 def models_table(versions: Sequence[ModelVersion]) -> Table:
     table = Table(title="Models")
-    for column in ("", "version", "created", "samples", "data", "macro-F1 (CV)"):
-        table.add_column(column, no_wrap=column == "version")  # versions differ at the end
+    # The version begins with its UTC creation time (no column of its own: 80 columns must
+    # do) and differs at its end, so it is never cut.
+    for column in ("", "version (created UTC)", "samples", "data", "macro-F1 (CV)"):
+        table.add_column(column, no_wrap=column.startswith("version"))
     for row in versions:
         cv = row.details.get("metrics", {}).get("cv", {})
-        scores = ", ".join(f"{axis} {_score(m.get('macro_f1'), 2)}" for axis, m in cv.items())
+        scores = "\n".join(f"{axis} {_score(m.get('macro_f1'), 2)}" for axis, m in cv.items())
         table.add_row(
             styled("*", "bold green") if row.active else "",
             row.version,
-            f"{row.created_at:%Y-%m-%d %H:%M}",
             str(row.details.get("n_samples", "")),
             str(row.details.get("source", "")),
             scores,
