@@ -219,6 +219,13 @@ def test_evaluate_warns_on_training_data_and_unknown_labels(demo: Path, tmp_path
     on_training = triage(demo, "evaluate", *DEMO_TRAIN)
     assert on_training.returncode == 0, on_training.stderr
     assert "training.csv is the data this model was trained on" in on_training.stderr
+    one_axis = triage(demo, "evaluate", "--data", str(ROOT / "demo/training.csv"),
+                      "--text-column", "subject", "--label", "kind")  # fmt: skip
+    assert "training.csv is the data this model was trained on" in one_axis.stderr
+    assert (
+        "the model was trained on text column(s) subject, body; scored on subject it reads "
+        "another text than in service"
+    ) in " ".join(one_axis.stderr.split())
     data = tmp_path / "typos.csv"
     data.write_text(
         "subject,body,kind\nParcel late,Where is it?,Complaint\nThanks,Great shop,feedback\n",

@@ -678,7 +678,7 @@ def evaluate(
         classifier = ModelRegistry(ctx.database(config), config.classifier.models_dir).load_active()
     data = read_labelled(data_path, text_columns, label_columns)
     results = evaluate_model(classifier, data)
-    for warning in _evaluation_warnings(classifier, data, data_path):
+    for warning in _evaluation_warnings(classifier, data, data_path, text_columns):
         err.print(styled("warning:", "yellow", warning), highlight=False)
     if report_dir is not None:
         # Imported here: matplotlib is slow to import and only this option needs it.
@@ -694,14 +694,24 @@ def evaluate(
     )
 
 
-def _evaluation_warnings(classifier: Classifier, data: LabelledData, path: Path) -> list[str]:
-    """What makes the scores mean less than they seem: the training data itself, or labels
-    the model was never taught (each such row counts as an error)."""
+def _evaluation_warnings(
+    classifier: Classifier, data: LabelledData, path: Path, text_columns: Sequence[str]
+) -> list[str]:
+    """What makes the scores mean less than they seem: the training data itself, another
+    text than the model reads, or labels it was never taught (each such row is an error)."""
     warnings = []
-    if data.fingerprint == classifier.metadata.get("data_fingerprint"):
+    trained = classifier.metadata.get("training_data") or {}
+    files = {Path(name).resolve() for name in trained.get("files", ())}
+    if data.fingerprint == classifier.metadata.get("data_fingerprint") or path.resolve() in files:
         warnings.append(
             f"{path.name} is the data this model was trained on, so these scores flatter it; "
             "evaluate on labelled mail it has not seen"
+        )
+    read = tuple(trained.get("text_columns", ()))
+    if read and tuple(text_columns) != read:
+        warnings.append(
+            f"the model was trained on text column(s) {', '.join(read)}; scored on "
+            f"{', '.join(text_columns)} it reads another text than in service"
         )
     for axis in set(data.axes) & set(classifier.axes):
         unknown = Counter(

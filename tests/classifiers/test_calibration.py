@@ -194,6 +194,17 @@ def test_holdout_split_is_stratified_reproducible_and_keeps_rare_classes() -> No
     assert holdout_split(data, 0) == (data, None)
 
 
+def test_holdout_split_keeps_the_rows_of_one_text_on_one_side() -> None:
+    data = make_tiny_data(n_rows=60)
+    doubled = LabelledData(data.texts * 2, {"kind": data.labels["kind"] * 2})
+
+    training, held = holdout_split(doubled, 0.2, random_state=1)
+
+    assert held is not None
+    assert not set(held.texts) & set(training.texts)
+    assert 0.15 <= len(held) / len(doubled) <= 0.25
+
+
 def test_regressions_name_the_axis_and_the_drop() -> None:
     active = {"kind": {"macro_f1": 0.90}, "area": {"macro_f1": 0.80}}
     candidate = {"kind": {"macro_f1": 0.895}, "area": {"macro_f1": 0.75}, "new": {"macro_f1": 0}}

@@ -128,6 +128,18 @@ def test_free_text_read_as_labels_is_refused_in_one_short_sentence() -> None:
     assert len(message) < 600
 
 
+def test_one_label_written_two_ways_is_learnt_as_one(caplog: pytest.LogCaptureFixture) -> None:
+    data = make_tiny_data(n_rows=30)
+    kinds = [
+        kind.capitalize() if row % 5 == 0 else kind for row, kind in enumerate(data.labels["kind"])
+    ]
+
+    classifier = train(LabelledData(data.texts, {"kind": kinds}), cv_folds=0)
+
+    assert classifier.labels("kind") == sorted(set(data.labels["kind"]))
+    assert "'Complaint' (2 rows) taken as 'complaint' (8 rows)" in caplog.text
+
+
 def test_class_with_one_example_is_refused_by_name() -> None:
     data = make_tiny_data(n_rows=12)
     kinds = [*data.labels["kind"][:-1], "spam"]
