@@ -123,7 +123,10 @@ def read_labelled(
     except OSError as exc:
         raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not valid UTF-8 ({exc.reason}).") from exc
+        raise DatasetError(
+            f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+            "(in Excel: CSV UTF-8)."
+        ) from exc
     if not data.texts:
         raise DatasetError(f"{path} has no row with text in column(s) {quoted(text_columns)}.")
     if data.skipped:
@@ -198,8 +201,14 @@ def _require_columns(path: Path, columns: Sequence[str], available: Sequence[str
     """Name the missing columns and the available ones, the two facts needed to fix the call."""
     missing = [name for name in columns if name not in available]
     if missing:
+        hint = (
+            " It looks separated by ';': save it as comma-separated CSV."
+            if len(available) == 1 and ";" in available[0]
+            else ""
+        )
         raise DatasetError(
             f"{path} has no column {quoted(missing)}; available columns: {quoted(available)}."
+            + hint
         )
 
 

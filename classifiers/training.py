@@ -813,7 +813,7 @@ class Regression:
     def __str__(self) -> str:
         return (
             f"axis {self.axis}: macro-F1 {self.candidate:.3f} vs {self.active:.3f} active "
-            f"({100 * self.drop:.1f} points lower)"
+            f"({100 * self.drop:.2f} points lower)"
         )
 
 

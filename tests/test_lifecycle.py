@@ -100,6 +100,8 @@ def test_quality_gate_blocks_a_worse_model_until_forced_and_rollback_restores(
     assert active_version(config) == first
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
     assert len(models) == 2  # the refused model is kept, for inspection
+    [refused] = [m for m in models if m != first]
+    assert f"`triage models activate {refused}`" in " ".join(err.split())
 
     code, out, err = run(
         capsys, monkeypatch, config, "train", "--data", str(bad), *COLUMNS, "--activate", "--force"

@@ -579,7 +579,8 @@ def train(
                 err.print(styled("refused:", "bold red", regression), highlight=False)
             err.print(
                 f"model {classifier.version} saved to {path} but NOT activated; "
-                f"{verdict.active_version} stays active (use --force to activate anyway)",
+                f"{verdict.active_version} stays active (to use it anyway: "
+                f"`triage models activate {classifier.version}`)",
                 highlight=False,
             )
             sys.exit(1)

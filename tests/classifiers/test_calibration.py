@@ -212,4 +212,4 @@ def test_regressions_name_the_axis_and_the_drop() -> None:
     found = regressions(candidate, active)
 
     assert [r.axis for r in found] == ["area"]
-    assert str(found[0]) == "axis area: macro-F1 0.750 vs 0.800 active (5.0 points lower)"
+    assert str(found[0]) == "axis area: macro-F1 0.750 vs 0.800 active (5.00 points lower)"

@@ -145,7 +145,14 @@ def test_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cp1251.csv"
     path.write_bytes("text,kind\nПривіт,question\n".encode("cp1251"))
 
-    with pytest.raises(DatasetError, match="not valid UTF-8"):
+    with pytest.raises(DatasetError, match=r"not valid UTF-8 .*; save it as UTF-8"):
+        read_labelled(path, ["text"], ["kind"])
+
+
+def test_a_semicolon_separated_file_gets_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path / "excel.csv", "\ufefftext;kind\nПривіт;question\n")
+
+    with pytest.raises(DatasetError, match="It looks separated by ';': save it as comma-sep"):
         read_labelled(path, ["text"], ["kind"])
 
 
