@@ -141,7 +141,8 @@ def test_jsonl_round_trip_and_the_old_form_still_works(
         ("bad.csv", "message_id,kind\n1,feedback,extra\n", "line 2: more fields than the header"),
         ("bad.jsonl", '{"message_id": 1, "kind": "feedback"}\n{oops\n', "line 2: not valid JSON"),
         ("bad.jsonl", '{"message_id": 1, "kind": 5}\n', "line 1: kind 5 is not a label"),
-        ("bad.txt", "message_id,kind\n", "use a .csv or .jsonl file"),
+        ("bad.txt", "message_id,kind\n", "use a .csv or .jsonl file (not '.txt')"),
+        ("empty.csv", "", "empty.csv is empty"),
     ],
 )
 def test_a_bad_row_names_its_line_and_imports_nothing(
@@ -160,6 +161,15 @@ def test_a_bad_row_names_its_line_and_imports_nothing(
     assert labels(config) == []  # all or nothing
 
 
+def test_an_export_to_a_missing_folder_is_one_sentence(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = config.parent / "nowhere" / "labels.csv"
+    code, _, err = run(capsys, monkeypatch, config, "export", "--labelled", str(target))
+    assert code == 2
+    assert f"cannot write {target}: No such file or directory" in " ".join(err.split())
+
+
 def test_import_and_message_id_do_not_mix(
     config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,7 +186,7 @@ def test_labels_keep_one_spelling_and_new_ones_are_named(
     a label the model cannot learn as one class with 'complaint' never routes."""
     path = config.parent / "excel.csv"
     path.write_bytes(
-        "\ufeff Message_ID ,Kind,area\n1, COMPLAINT ,Billing\n2,complaint,biling\n".encode()
+        "\ufeff Message ID ,Kind,area\n1, COMPLAINT ,Billing\n2,complaint,biling\n".encode()
     )
     code, out, err = run(capsys, monkeypatch, config, "label", "--import", str(path))
     assert code == 0, err

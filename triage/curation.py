@@ -68,7 +68,9 @@ def file_format(path: Path) -> str:
         return "csv"
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
-    raise LabelFileError(f"{path}: use a .csv or .jsonl file (not {suffix or 'no extension'})")
+    raise LabelFileError(
+        f"{path}: use a .csv or .jsonl file (not {repr(suffix) if suffix else 'a name without one'})"
+    )
 
 
 # --- export --------------------------------------------------------------------------------
@@ -79,7 +81,11 @@ def export_labelled(db: Database, path: Path) -> int:
     kind = file_format(path)
     rows = list(_export_rows(db))
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
+    try:
+        handle = tmp.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise LabelFileError(f"cannot write {path}: {exc.strerror}") from None
+    with handle:
         if kind == "csv":
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
@@ -241,9 +247,11 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 def _csv_rows(path: Path, handle: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
     reader = csv.DictReader(handle)
-    # "Message_ID " from a spreadsheet is message_id: the header is read without case or spaces.
-    reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+    # "Message_ID " or "Message ID" from a spreadsheet is message_id: case and spaces differ.
+    reader.fieldnames = ["_".join(name.lower().split()) for name in reader.fieldnames or []]
     header = reader.fieldnames
+    if not header:
+        raise LabelFileError(f"{path} is empty")
     if "message_id" not in header or not any(axis in header for axis in AXES):
         hint = (
             "; it looks separated by ';': save it as comma-separated CSV"
