@@ -122,6 +122,16 @@ def test_evaluate_json_contract(demo: Path, tmp_path: Path) -> None:
         assert scores["n"] == 500
 
 
+def test_evaluate_takes_a_version_name_too(demo: Path) -> None:
+    version = triage(demo, "models", "active").stdout.strip()
+    by_name = triage(demo, "evaluate", "--model", version, *DEMO_TRAIN, "--json")
+    assert by_name.returncode == 0, by_name.stderr
+    assert json.loads(by_name.stdout)["model"] == version
+    unknown = triage(demo, "evaluate", "--model", "nope", *DEMO_TRAIN)
+    assert unknown.returncode == 2
+    assert "nope is neither a model folder nor a version in" in " ".join(unknown.stderr.split())
+
+
 def test_tampered_model_is_refused(demo: Path, tmp_path: Path) -> None:
     version = triage(demo, "models", "active").stdout.strip()
     original = demo.parent / "models" / version

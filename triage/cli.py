@@ -627,8 +627,9 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="Model version folder (default: the active model).",
+    metavar="VERSION|DIR",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A version in classifier.models_dir, or a model folder (default: the active model).",
 )
 @click.option(
     "--data",
@@ -671,9 +672,19 @@ def evaluate(
     """Measure a model on a labelled file: accuracy and macro-F1 per axis."""
     if report_dir is not None:
         _writable_folder(report_dir, "--report")
-    if model_dir is not None:
+    if model_dir is not None and model_dir.is_dir():
         _setup_logging(ctx.log_level or "WARNING")
         classifier = Classifier.load(model_dir)
+    elif model_dir is not None:
+        config = ctx.config()
+        folder = config.classifier.models_dir / str(model_dir)
+        if not folder.is_dir():
+            raise click.BadParameter(
+                f"{model_dir} is neither a model folder nor a version in "
+                f"{config.classifier.models_dir}; see `triage models list`",
+                param_hint="--model",
+            )
+        classifier = Classifier.load(folder)
     else:
         config = ctx.config()
         classifier = ModelRegistry(ctx.database(config), config.classifier.models_dir).load_active()
