@@ -196,11 +196,14 @@ def test_labels_keep_one_spelling_and_new_ones_are_named(
         (2, "area", "biling"), (2, "kind", "complaint"),
     ]  # fmt: skip
     assert (
-        "area 'biling' is a new label: neither the active model nor an earlier label uses it; "
+        "area 'biling' is a new label: the active model does not know it; "
         "did you mean 'billing'? (1 message(s))"
     ) in " ".join(err.split())
     code, out, err = run(capsys, monkeypatch, config, "label", "3", "--kind", "Feedback ")
     assert code == 0 and "message 3: kind = feedback" in out and "new label" not in err
+    code, out, err = run(capsys, monkeypatch, config, "label", "3", "--area", "Biling")
+    assert code == 0 and "message 3: area = biling" in out  # one spelling, even of a typo
+    assert "area 'biling' is a new label" in err  # recorded once, still not the model's
 
 
 def test_the_export_cannot_run_formulas_in_a_spreadsheet(

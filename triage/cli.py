@@ -838,10 +838,7 @@ def label(
 
 def _new_label(axis: str, label: str, similar: Sequence[str]) -> str:
     hint = f"; did you mean {' or '.join(map(repr, similar))}?" if similar else ""
-    return (
-        f"{axis} {label!r} is a new label: neither the active model nor an earlier label "
-        f"uses it{hint}"
-    )
+    return f"{axis} {label!r} is a new label: the active model does not know it{hint}"
 
 
 def _import_labels(ctx: Context, path: Path, who: str) -> None:

@@ -78,36 +78,45 @@ class Recorded:
 
 
 class Vocabulary:
-    """The labels in use per axis: the active model's and those humans recorded before.
+    """The labels in use per axis: the active model's, and those humans recorded before.
 
     A label typed with other case or spaces ("Complaint ", "BILLING") is recorded in the known
     spelling: the model then learns one class, and routing, which compares exactly, matches.
+    A label is new when the active model does not know it (an earlier typo does not make a
+    typo known), or, on an axis no active model has, when nobody used it before.
     """
 
     def __init__(self, session: Session) -> None:
-        self.labels: dict[str, set[str]] = defaultdict(set)
         active = session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
-        for axis, labels in (active.details.get("axes", {}) if active else {}).items():
-            self.labels[axis].update(labels)
+        self.model: dict[str, set[str]] = {
+            axis: set(labels)
+            for axis, labels in (active.details.get("axes", {}) if active else {}).items()
+        }
+        self.labels: dict[str, set[str]] = defaultdict(set)
         for axis, label in session.execute(select(Label.axis, Label.label).distinct()):
             self.labels[axis].add(label)
+        for axis, labels in self.model.items():
+            self.labels[axis].update(labels)
+        # The model's spelling wins over a human's earlier variant of it.
         self._spelling = {
-            (axis, fold_label(label)): label for axis, known in self.labels.items()
+            (axis, fold_label(label)): label
+            for axis, known in [*self.labels.items(), *self.model.items()]
             for label in sorted(known)
-        }  # fmt: skip
+        }
 
     def spelling(self, axis: str, value: str) -> str:
         """The known spelling of ``value``, else ``value`` with its spaces tidied."""
         return self._spelling.get((axis, fold_label(value)), " ".join(value.split()))
 
     def is_new(self, axis: str, label: str) -> bool:
-        return label not in self.labels.get(axis, ())
+        return label not in self.model.get(axis, self.labels.get(axis, ()))
 
     def suggestions(self, axis: str, label: str) -> list[str]:
         """Known labels a new one may be a typo of (none for a known one)."""
         if not self.is_new(axis, label):
             return []
-        return difflib.get_close_matches(label, sorted(self.labels.get(axis, ())), n=2)
+        known = sorted(self.model.get(axis, self.labels.get(axis, ())))
+        return difflib.get_close_matches(label, known, n=2)
 
 
 def record_labels(
