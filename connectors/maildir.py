@@ -87,7 +87,7 @@ class MaildirConnector:
                         st = dirent.stat()
                     except FileNotFoundError:
                         continue  # moved by a mail reader: found at its new place
-                    key = dirent.name.split(mailbox.Maildir.colon, 1)[0]
+                    key = _printable(dirent.name.split(mailbox.Maildir.colon, 1)[0])
                     yield _Entry(key, Path(dirent.path), st.st_ctime_ns, st.st_mtime, st.st_size)
 
     def _read(self, entry: _Entry) -> RawItem | None:
@@ -108,6 +108,12 @@ class MaildirConnector:
             size=entry.size,
             truncated=truncated,
         )
+
+
+def _printable(name: str) -> str:
+    """A file name's bytes that are not UTF-8 (decoded as lone surrogates, which no database
+    stores) as backslash escapes: still one stable, unique source id per file."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_headers(fh: object) -> bytes:

@@ -118,6 +118,8 @@ def test_quoted_encoded_word_display_name_and_control_chars() -> None:
     assert (parsed.sender_name, parsed.sender_address) == ("Коваль, Олена", "olena@x.ua")
     assert parsed.subject == "Nullbyte"
     assert parsed.body_text == "body text"
+    in_address = parse_email(make(b"t", sender="Olena <nu\x00l@X.UA>"))  # PostgreSQL refuses NUL
+    assert in_address.sender_address == "nul@x.ua"
 
 
 def test_quoted_printable_cp1251_and_folded_multiword_subject() -> None:

@@ -496,7 +496,7 @@ def _parse_address(value: str | Header | None, warnings: list[str], where: str) 
         addr = match.group(0) if match else ""
         if not addr and not name:  # "From: Angry Customer": no address, but still who wrote
             name = _fold(_sanitize(_decode_words(text, [], where))).strip("<>\"' ")
-    return name, addr.strip().lower()
+    return name, _sanitize(addr).strip().lower()  # a NUL in an address broke PostgreSQL
 
 
 def split_address(text: str) -> tuple[str, str]:

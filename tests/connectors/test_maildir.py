@@ -57,6 +57,15 @@ def test_a_message_moved_to_cur_while_polling_is_read_there_next_time(tmp_path: 
     assert "maildir:box:2.b" in later
 
 
+def test_a_file_name_that_is_not_utf8_makes_a_storable_source_id(tmp_path: Path) -> None:
+    box = tmp_path / "Maildir"
+    deliver(box, "1.a", make_email("first", "one"))
+    os.rename(box / "new" / "1.a", os.fsencode(box / "new") + b"/2.h\xff\xfeost")
+    [(item, _)] = list(MaildirConnector("box", box).fetch(None))
+    assert item.source_id == "maildir:box:2.h\\xff\\xfeost"
+    item.source_id.encode("utf-8")  # no lone surrogate left
+
+
 def test_oversized_message_keeps_headers_only(tmp_path: Path) -> None:
     box = tmp_path / "Maildir"
     raw = make_email("big", "x" * 5000)
