@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from classifiers.model import Classifier
 from tests.conftest import tiny_text
@@ -148,6 +148,32 @@ def test_messages_stored_under_the_old_content_key_are_still_known(
         message.content_key = hashlib.sha256(message.raw).hexdigest()
         session.execute(update(SourceState).values(checkpoint=None))
     assert worker.run_once().polls[0].count("duplicate") == 1
+
+
+def test_a_poll_that_crashes_is_a_failed_poll_and_the_worker_goes_on(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    """A store fault (here a trigger refusing inserts, as a full disk would) must be counted,
+    backed off and alerted like a server that is down, not crash the job unseen."""
+    deliver(tmp_path / "Maildir", "1.a", make_email(*tiny_text("complaint", "billing")))
+    worker = maildir_worker(tmp_path)
+    worker.registry.register(*tiny_model, activate=True)
+    with worker.db.transaction() as session:
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        )
+    for streak in (1, 2):
+        [poll] = [worker.poll("box")]
+        assert poll.error == "poll crashed: IntegrityError: database or disk is full"
+        assert poll.streak == streak
+    with worker.db.transaction() as session:
+        session.execute(text("DROP TRIGGER refuse"))
+    recovered = worker.poll("box")
+    assert recovered.error is None and recovered.recovered_from == 2
+    assert recovered.count("stored") == 1
 
 
 def test_a_flooding_sender_is_capped(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> None:

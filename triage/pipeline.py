@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
@@ -152,6 +153,8 @@ class Pipeline:
         # Called after a batch that queued forwards is committed: the worker delivers them
         # while the next batches are read, not when a long first poll of a mailbox ends.
         self.on_queued: Callable[[], None] | None = None
+        # Crashed polls in a row per source, for when the database cannot count them.
+        self._crashes: dict[str, int] = {}
 
     def poll(self, name: str, connector: Connector, batch_size: int = 500) -> PollResult:
         """Read everything new from ``connector`` and record it; never raises for source errors.
@@ -438,7 +441,8 @@ class Pipeline:
             streak = state.error_streak
             state.last_success_at, state.error_streak, state.last_error = utcnow(), 0, None
             state.paused_until = None
-            return streak
+        self._crashes.pop(name, None)
+        return streak
 
     def _paused_until(self, name: str) -> datetime | None:
         with self.db.session() as session:
@@ -453,6 +457,21 @@ class Pipeline:
             state.paused_until, state.last_error = exc.retry_at, str(exc)
             state.updated_at = utcnow()
         return exc.retry_at
+
+    def crashed(self, name: str, exc: Exception) -> PollResult:
+        """The result of a poll that raised what no source error explains (a bug, a database
+        fault): a failed poll, so the backoff, `status`, /healthz and the alerts all see it."""
+        result = PollResult(name)
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        result.error = f"poll crashed: {type(cause).__name__}: {reason}"
+        self._crashes[name] = self._crashes.get(name, 0) + 1
+        try:
+            result.streak = self._record_failure(name, result.error)
+        except Exception:  # the store itself is failing: count in memory meanwhile
+            log.warning("%s: the failed poll cannot be recorded in the database either", name)
+            result.streak = self._crashes[name]
+        return result
 
     def _record_failure(self, name: str, error: str) -> int:
         """Count a failed poll; returns the streak, which sets the backoff."""

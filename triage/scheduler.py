@@ -220,6 +220,9 @@ class Worker:
         except LeaseLost as exc:
             log.warning("%s; the batch in hand was rolled back", exc)
             return PollResult(name)
+        except Exception as exc:  # a bug or a store fault: a failed poll all the same
+            log.exception("%s: poll crashed", name)
+            result = self.pipeline.crashed(name, exc)
         finally:
             self.leases.release(name)
         if self.corrections is not None and name == self.corrections.source:
