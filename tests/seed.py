@@ -75,7 +75,7 @@ def forward(
                 status=status,
                 attempts=attempts,
                 rfc_message_id=f"<{next(_ids)}@triage.test>",
-                last_error="550 mailbox unavailable" if status == "failed" else None,
+                last_error="550 mailbox unavailable" if status == "failed" or attempts else None,
             )
         )
 

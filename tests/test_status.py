@@ -103,6 +103,7 @@ def test_error_streak_failed_forwards_and_missing_model_need_attention(tmp_path:
     db.upgrade()
     seed.source_state(db, "box", ago=timedelta(minutes=1), streak=3, error="connection refused")
     seed.forward(db, seed.message(db), "billing", status="failed", attempts=8)
+    seed.forward(db, seed.message(db), "billing", attempts=2)  # retrying, not stuck yet
 
     report = status.collect(config, db)
     assert not report.healthy
@@ -114,6 +115,12 @@ def test_error_streak_failed_forwards_and_missing_model_need_attention(tmp_path:
     assert "3 failed poll(s) in a row: connection refused" in problems
     assert "1 forward(s) failed" in problems
     assert "model: no model is active" in problems
+    assert "retrying" not in problems
+    seed.forward(db, seed.message(db), "billing", attempts=3)
+    assert (
+        "outbox: 1 forward(s) failed 3+ attempts and are retrying: 550 mailbox unavailable"
+        in status.collect(config, db).problems
+    )
 
 
 def test_a_source_never_polled_is_stale_only_after_the_window(tmp_path: Path) -> None:

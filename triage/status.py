@@ -187,6 +187,24 @@ def outbox(db: Database) -> Outbox:
     )
 
 
+def stuck_forwards(db: Database, after_failures: int) -> str | None:
+    """Forwards still retrying after ``after_failures`` failed attempts, with the latest error:
+    a fault that does not mend itself (a file where the forwards folder should be, a refused
+    login) would otherwise be reported only hours later, when they fail for good."""
+    with db.session() as session:
+        stuck = session.execute(
+            select(func.count(), func.max(Forward.id)).where(
+                Forward.status == "pending", Forward.attempts >= after_failures
+            )
+        ).one()
+        if not stuck[0]:
+            return None
+        error = session.scalar(select(Forward.last_error).where(Forward.id == stuck[1]))
+    return (
+        f"outbox: {stuck[0]} forward(s) failed {after_failures}+ attempts and are retrying: {error}"
+    )
+
+
 def message_counts(db: Database) -> tuple[int, int]:
     """(quarantined, sent to review) messages."""
     with db.session() as session:
@@ -233,6 +251,8 @@ def collect(
             f"outbox: {box.failed} forward(s) failed for good; "
             "see `triage outbox list --status failed`"
         )
+    if stuck := stuck_forwards(db, config.alerts.after_failures):
+        problems.append(stuck)
     if model.usable is False or model.version is None:
         problems.append(f"model: {model.problem}")
     elif (row := active_model_row(db)) is not None:
