@@ -97,6 +97,23 @@ def test_stalled_source_exits_1_naming_it(site: tuple[Path, Database]) -> None:
     assert "attention:" in text.stdout and "no successful poll" in text.stdout
 
 
+@pytest.mark.slow
+def test_status_json_says_why_it_cannot_tell(tmp_path: Path) -> None:
+    """A monitor parsing stdout must read a broken config or database as unhealthy."""
+    config = tmp_path / "config.toml"
+    config.write_text("[schedule]\npoll_interval = -1\n", encoding="utf-8")
+    broken = run_status(config, "--json")
+    assert broken.returncode == 2
+    report = json.loads(broken.stdout)
+    assert report["healthy"] is False and "schedule.poll_interval" in report["problems"][0]
+    (tmp_path / "notes.db").write_text("not a database")
+    (tmp_path / "notes.db").chmod(0o600)
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "notes.db"}"\n', encoding="utf-8")
+    unreadable = run_status(config, "--json")
+    assert unreadable.returncode == 3
+    assert "file is not a database" in json.loads(unreadable.stdout)["problems"][0]
+
+
 def test_error_streak_failed_forwards_and_missing_model_need_attention(tmp_path: Path) -> None:
     config = parse_config(seed.settings(tmp_path), base_dir=tmp_path)
     db = Database(config.database.url)

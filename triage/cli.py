@@ -242,10 +242,16 @@ def status_command(ctx: Context, as_json: bool) -> None:
     """Health at a glance: sources, outbox, quarantine, review, the model; exit 1 on trouble.
 
     Exit codes: 0 all is well; 1 something needs attention (each problem is named); 2 an
-    invalid config; 3 the database cannot be opened.
+    invalid config; 3 the database cannot be opened. With --json, those two print
+    {"healthy": false, "problems": [the error]} too, for a monitor that parses stdout.
     """
-    config = ctx.config()
-    report = status.collect(config, ctx.database(config))
+    try:
+        config = ctx.config()
+        report = status.collect(config, ctx.database(config))
+    except TriageError as exc:
+        if as_json:
+            click.echo(json.dumps({"healthy": False, "problems": [str(exc)]}, ensure_ascii=False))
+        raise
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
