@@ -136,6 +136,22 @@ def test_one_mail_delivered_twice_is_stored_and_forwarded_once(
     assert (poll.count("stored"), poll.count("duplicate")) == (2, 1)
 
 
+def test_one_mail_sent_to_two_support_addresses_is_one_request(
+    tmp_path: Path, tiny_model: tuple[Classifier, Path]
+) -> None:
+    mail = make_email(*tiny_text("complaint", "billing"), headers={"Message-ID": "<cc@x.test>"})
+    sources = []
+    for name in ("support", "billing-box"):
+        deliver(tmp_path / name, "1.a", f"Delivered-To: {name}@shop.test\n".encode() + mail)
+        sources.append({"name": name, "type": "maildir", "path": str(tmp_path / name)})
+    worker = Worker(make_config(tmp_path, sources=sources))
+    worker.db.upgrade()
+    worker.registry.register(*tiny_model, activate=True)
+    result = worker.run_once()
+    assert [(p.count("stored"), p.count("duplicate")) for p in result.polls] == [(1, 0), (0, 1)]
+    assert result.outbox.sent == 1
+
+
 def test_messages_stored_under_the_old_content_key_are_still_known(
     tmp_path: Path, tiny_model: tuple[Classifier, Path]
 ) -> None:

@@ -521,15 +521,19 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def _drop_known(
     session: Session, source: str, parsed: list[_Parsed]
 ) -> tuple[list[_Parsed], list[Outcome]]:
-    """Split a batch into new items and those already stored (by index, never by scan)."""
-    keys = {key for entry in parsed for key in (entry.key, entry.raw_key)}
-    known = set(
-        session.scalars(
+    """Split a batch into new items and those already stored (by index, never by scan), from
+    any source: a customer who writes to two support addresses sent one request. (Mail as
+    it was stored before trace headers left the key only matches in its own source.)"""
+    keys = [entry.key for entry in parsed]
+    legacy = [entry.raw_key for entry in parsed]
+    known = {
+        *session.scalars(select(Message.content_key).where(Message.content_key.in_(keys))),
+        *session.scalars(
             select(Message.content_key).where(
-                Message.source == source, Message.content_key.in_(keys)
+                Message.source == source, Message.content_key.in_(legacy)
             )
-        )
-    )
+        ),
+    }
     fresh, outcomes = [], []
     for entry in parsed:
         if entry.key in known or entry.raw_key in known:

@@ -110,6 +110,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("source", "content_key"),
+        # One mail sent to several support addresses (several sources) is one request.
+        Index("ix_messages_content_key", "content_key"),
         Index("ix_messages_customer_received", "customer_id", "received_at"),
         Index("ix_messages_status", "status"),
     )
