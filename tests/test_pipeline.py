@@ -9,13 +9,14 @@ from pathlib import Path
 from sqlalchemy import func, select, text, update
 
 from classifiers.model import Classifier
+from connectors.base import RawItem
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
-from triage.pipeline import KEPT_OUTCOMES, Outcome, PollResult
+from triage.pipeline import KEPT_OUTCOMES, Outcome, PollResult, _batched
 from triage.routing import Route
 from triage.scheduler import Worker
-from triage.store.schema import Forward, Message, SourceState
+from triage.store.schema import Forward, Message, SourceState, utcnow
 
 
 def maildir_worker(tmp_path: Path, **maildir: object) -> Worker:
@@ -240,3 +241,12 @@ def test_a_poll_result_counts_everything_but_keeps_only_the_first_outcomes() -> 
     assert len(result.outcomes) == KEPT_OUTCOMES
     assert (result.count("stored"), result.count("duplicate"), result.forwarded) == (1200, 1, 1200)
     assert result.total == 1201
+
+
+def test_a_batch_ends_early_at_its_byte_budget() -> None:
+    """Mails with 20 MB attachments must not make a batch of 500 hold gigabytes."""
+    now = utcnow()
+    items = [(RawItem("box", f"box:{n}", b"x" * 10, now), {"n": n}) for n in range(7)]
+    batches = list(_batched(items, size=5, max_bytes=25))
+    assert [len(batch) for batch in batches] == [3, 3, 1]
+    assert [item for batch in batches for item in batch] == items

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -54,8 +54,6 @@ from triage.store.schema import (
 log = logging.getLogger(__name__)
 
 MAX_SOURCE_BACKOFF = 3600.0
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,15 +498,27 @@ class Pipeline:
             return state.updated_at + timedelta(seconds=delay * jitter)
 
 
-def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Batches of ``size``. A connector error first hands over the items read before it (each
-    carries a checkpoint valid up to itself), so a source failing part-way still progresses."""
+BATCH_BYTES = 64 * 1024 * 1024
+"""A batch ends early at this many raw bytes: 500 mails with 20 MB attachments, several
+batches in flight, would take gigabytes."""
+
+
+def _batched(
+    items: Iterable[tuple[RawItem, Checkpoint]], size: int, max_bytes: int = BATCH_BYTES
+) -> Iterator[list[tuple[RawItem, Checkpoint]]]:
+    """Batches of ``size`` items or ``max_bytes`` raw bytes, whichever comes first. A
+    connector error first hands over the items read before it (each carries a checkpoint
+    valid up to itself), so a source failing part-way still progresses."""
     iterator = iter(items)
     while True:
-        batch: list[T] = []
+        batch: list[tuple[RawItem, Checkpoint]] = []
+        held = 0
         try:
             for item in islice(iterator, size):
                 batch.append(item)
+                held += len(item[0].raw)
+                if held >= max_bytes:
+                    break
         except ConnectorError:
             if batch:
                 yield batch
