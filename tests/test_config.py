@@ -108,8 +108,10 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_config_not_in_utf8_is_one_sentence(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_bytes('[logging]\nlevel = "INFO" # журнал\n'.encode("cp1251"))
-    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte 27\); save it as UTF-8$"):
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(line 2\); save it as UTF-8$"):
         load_config(path)
+    path.write_bytes('\ufeff[logging]\nlevel = "INFO" # журнал\n'.encode())
+    assert load_config(path).logging.level == "INFO"  # saved "with BOM" by an editor
 
 
 def test_a_directory_as_config_is_one_sentence(tmp_path: Path) -> None:

@@ -427,12 +427,14 @@ def load_config(path: Path) -> Config:
         ConfigError: the file is missing, not TOML, or a key is wrong; the message names the key.
     """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # an editor's byte-order mark is fine
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+            f"config file {path} is not UTF-8 (line {line}); save it as UTF-8"
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
