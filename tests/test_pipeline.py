@@ -250,3 +250,12 @@ def test_a_batch_ends_early_at_its_byte_budget() -> None:
     batches = list(_batched(items, size=5, max_bytes=25))
     assert [len(batch) for batch in batches] == [3, 3, 1]
     assert [item for batch in batches for item in batch] == items
+
+
+def test_a_source_another_worker_holds_is_reported_busy(tmp_path: Path) -> None:
+    deliver(tmp_path / "Maildir", "1.a", make_email(*tiny_text("complaint", "billing")))
+    first = maildir_worker(tmp_path)
+    second = Worker(first.config, first.db, worker_id="host-b:2")
+    assert second.leases.claim("box")
+    busy = first.poll("box")
+    assert busy.busy_with == "host-b:2" and busy.total == 0

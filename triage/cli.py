@@ -43,7 +43,7 @@ from triage.identities import customer_ids, link
 from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
-from triage.reports import styled
+from triage.reports import short, styled
 from triage.routing import label_gaps, review_reason
 from triage.scheduler import PassResult, Worker
 from triage.store.database import Database
@@ -271,7 +271,7 @@ def _show_status(report: status.Status) -> None:
             s.type,
             f"{s.last_success_at:%Y-%m-%d %H:%M:%S}" if s.last_success_at else "never",
             _duration(s.lag_seconds),
-            str(s.error_streak) + (f" ({_short(s.last_error, 50)})" if s.last_error else ""),
+            str(s.error_streak) + (f" ({short(s.last_error, 50)})" if s.last_error else ""),
             s.next_poll,
             state,
         )
@@ -339,7 +339,7 @@ def sources(ctx: Context) -> None:
             f"{state.last_success_at:%Y-%m-%d %H:%M:%S}"
             if state and state.last_success_at
             else "never",
-            _short(state.last_error or "-", 60) if state else "-",
+            short(state.last_error or "-", 60) if state else "-",
             str(state.error_streak) if state else "0",
             _next_poll(worker, source.name, state, interval),
         )
@@ -377,6 +377,8 @@ def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
 def _poll_line(result: PollResult) -> str | Text:
     if result.error:
         return Text.assemble(f"{result.source}: ", ("poll failed", "red"), f": {result.error}")
+    if result.busy_with:
+        return f"{result.source}: not polled, {result.busy_with} is polling it now"
     if result.paused_until and not result.total:
         return f"{result.source}: rate-limited, paused until {result.paused_until:%H:%M:%S} UTC"
     return (
@@ -402,7 +404,7 @@ def _outcome_table(polls: Sequence[PollResult]) -> Table:
             decision = Text.assemble((target, "bold"), "  ") if target else Text()
             if route is not None:
                 decision.append(route.reason, "dim")
-            table.add_row(o.sender or "?", _short(o.subject, 40), *labels, decision)
+            table.add_row(o.sender or "?", short(o.subject, 40), *labels, decision)
     if any(len(p.outcomes) < p.total for p in polls):
         table.caption = f"only the first {KEPT_OUTCOMES} messages of a source are listed"
     return table
@@ -413,10 +415,6 @@ def _label(predictions: dict[str, Any] | None, axis: str) -> str:
         return "-"
     prediction = predictions[axis]
     return f"{prediction.label} {prediction.confidence:.2f}"
-
-
-def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # --- models --------------------------------------------------------------------------------
@@ -910,9 +908,9 @@ def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
             str(i.id),
             f"{i.received_at:%Y-%m-%d %H:%M}",
             i.sender,
-            _short(i.subject, 40),
+            short(i.subject, 40),
             ", ".join(f"{a} {g[0]} {g[1]:.2f}" for a, g in i.guesses.items()) or "-",
-            _short(review_reason(i.routing), 50),
+            short(review_reason(i.routing), 50),
             ", ".join(f"{a} {v}" for a, v in i.labels.items()) or "-",
         )
     out.print(table)

@@ -85,6 +85,7 @@ class PollResult:
     permanent: bool = False  # the failure needs a fix (login refused, revoked token)
     recovered_from: int = 0  # the streak this successful poll ended
     paused_until: datetime | None = None  # rate-limited: not polled again before this
+    busy_with: str | None = None  # not polled: this other worker holds the source now
     counts: Counter[str] = field(default_factory=Counter)  # by status, and "forwarded"
 
     def add(self, outcomes: Iterable[Outcome]) -> None:

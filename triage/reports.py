@@ -57,6 +57,11 @@ def metrics_table(
     return table
 
 
+def short(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _score(value: float | None, digits: int = 3) -> str:
     """A score, or "-" where it was not estimated (a class too small to cross-validate)."""
     return "-" if value is None else f"{value:.{digits}f}"
@@ -201,7 +206,7 @@ def outbox_table(db: Database, status: str, limit: int) -> Table:
                 Text.assemble(f.department, (" urgent", "red") if f.urgent else ""),
                 ", ".join([*f.to_addrs, *f.cc_addrs]),
                 str(f.attempts),
-                f.message.subject,
+                short(f.message.subject, 120),
                 f.last_error or "",
             )
     return table

@@ -209,9 +209,9 @@ class Worker:
         Skipped (an empty result) while another worker holds the source's lease.
         """
         if not self.leases.claim(name):
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: polled by %s now, skipped", name, self.leases.holder(name))
-            return PollResult(name)
+            holder = self.leases.holder(name) or "another worker"
+            log.debug("%s: polled by %s now, skipped", name, holder)
+            return PollResult(name, busy_with=holder)
         source = self.config.source(name)
         began = time.monotonic()
         try:
