@@ -243,6 +243,8 @@ def test_a_file_in_place_of_the_forwards_directory_is_retried_not_raised(
         ("Subject: x\n\nГроші не повернули\n".encode("koi8-u"), "message/rfc822", "8bit"),
         (b"Subject: x\n\nnul \x00 inside\n", "application/octet-stream", "base64"),
         (b"Subject: x\n\n" + b"y" * 1200 + b"\n", "application/octet-stream", "base64"),
+        (b"Subject: x\n\nbare \r carriage return\n", "application/octet-stream", "base64"),
+        (b"Subject: x\n\n" + b"y" * 998 + b"\n", "message/rfc822", None),
     ],
 )
 def test_the_attached_original_is_declared_as_what_it_is(

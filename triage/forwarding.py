@@ -506,10 +506,6 @@ def _post_lines(message: Message) -> list[str]:
     ]
 
 
-_UNSAFE_LINE = re.compile(rb"\r(?!\n)|[^\r\n]{999}")
-"""A bare CR, or a line longer than RFC 5322's 998 octets."""
-
-
 def _attached_original(raw: bytes) -> Email:
     """The customer's message, byte for byte (line ends made CRLF, as on the wire).
 
@@ -520,7 +516,7 @@ def _attached_original(raw: bytes) -> Email:
     """
     crlf = re.sub(rb"\r?\n", b"\r\n", raw)
     part: Email
-    if b"\0" in crlf or _UNSAFE_LINE.search(crlf):
+    if b"\0" in crlf or _unsafe_lines(crlf):
         part = MIMEApplication(raw, "octet-stream")
     else:
         part = Email()
@@ -530,6 +526,14 @@ def _attached_original(raw: bytes) -> Email:
         part.set_payload(crlf.decode("ascii", "surrogateescape"))
     part["Content-Disposition"] = 'attachment; filename="original.eml"'
     return part
+
+
+def _unsafe_lines(crlf: bytes) -> bool:
+    """A bare CR, or a line longer than RFC 5322's 998 octets (counted in C: a regex for
+    long lines tried every position of every line, 3 ms a forward)."""
+    return crlf.count(b"\r") != crlf.count(b"\r\n") or any(
+        len(line) > 998 for line in crlf.split(b"\r\n")
+    )
 
 
 class _WireGenerator(BytesGenerator):
