@@ -185,6 +185,17 @@ def test_the_saved_model_is_refitted_on_all_rows_after_its_held_out_evaluation(
     assert again.classifier.metadata["n_samples"] == len(rows)
 
 
+def test_a_gate_on_cross_validation_over_other_rows_says_it_is_weak(tmp_path: Path) -> None:
+    """An active model trained with --holdout 0 kept no evaluation set: the gate falls back to
+    cross-validation estimates, over 100% and 80% of the file, and must say what they are."""
+    spec = lifecycle.DataSpec((write_rows(tmp_path / "data.csv", tiny_rows()),), ("text",), AXES)
+    active = lifecycle.train_candidate(spec, holdout=0).classifier
+    candidate = lifecycle.train_candidate(spec, holdout=0.2, active=active)
+    verdict = lifecycle.gate(candidate, active)
+    assert verdict.candidate == candidate.evaluated.metadata["metrics"]["cv"]
+    assert verdict.compared_on.startswith("each model's cross-validation estimate (over different")
+
+
 def test_rollback_steps_back_through_activations(
     tmp_path: Path, tiny_model: tuple[Classifier, Path]
 ) -> None:

@@ -473,4 +473,10 @@ def gate(candidate: Candidate, active: Classifier, tolerance: float = GATE_TOLER
     else:
         mine, theirs = metrics.get("cv", {}), recorded.get("cv", {})
         where = "each model's cross-validation estimate"
+        sizes = {scores.get("n") for scores in (*mine.values(), *theirs.values())}
+        if len(sizes) > 1:  # e.g. an active model trained with --holdout 0 on the same file
+            where += (
+                " (over different rows, so a point or two either way is not a verdict on "
+                "quality; train both with a held-out split to compare them on the same rows)"
+            )
     return GateResult(active.version, where, mine, theirs, regressions(mine, theirs, tolerance))
