@@ -53,7 +53,7 @@ class ImportResult:
     messages: int
     labels: int
     unchanged: int
-    new_labels: dict[tuple[str, str], int]  # (axis, label) nobody used before -> values
+    new_labels: dict[tuple[str, str], int]  # (axis, label) the active model lacks -> values
     similar: dict[tuple[str, str], tuple[str, ...]]  # known labels a new one may be a typo of
 
 

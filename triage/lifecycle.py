@@ -66,8 +66,8 @@ def current_user() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A label just stored, with the model's guess it corrects (if any); ``new`` when neither
-    the active model nor any earlier human label uses it (a new class, or a typo)."""
+    """A label just stored, with the model's guess it corrects (if any); ``new`` when the
+    active model does not know it (a new class, or a typo; see `Vocabulary`)."""
 
     axis: str
     label: str
@@ -109,14 +109,17 @@ class Vocabulary:
         return self._spelling.get((axis, fold_label(value)), " ".join(value.split()))
 
     def is_new(self, axis: str, label: str) -> bool:
-        return label not in self.model.get(axis, self.labels.get(axis, ()))
+        return label not in self._known(axis)
 
     def suggestions(self, axis: str, label: str) -> list[str]:
         """Known labels a new one may be a typo of (none for a known one)."""
         if not self.is_new(axis, label):
             return []
-        known = sorted(self.model.get(axis, self.labels.get(axis, ())))
-        return difflib.get_close_matches(label, known, n=2)
+        return difflib.get_close_matches(label, sorted(self._known(axis)), n=2)
+
+    def _known(self, axis: str) -> set[str]:
+        """The model's labels of ``axis``, or the humans' where no active model has it."""
+        return self.model.get(axis, self.labels.get(axis, set()))
 
 
 def record_labels(

@@ -43,7 +43,7 @@ class Prepared:
     """One item after parsing and classification; ``error`` says why it must be quarantined."""
 
     key: str  # the content key (see content_key), hashed here to spare the poller
-    raw_key: str = ""  # SHA-256 of the raw bytes: the content key of earlier builds
+    raw_key: str  # SHA-256 of the raw bytes: the content key of earlier builds
     email: ParsedEmail | None = None
     error: str | None = None
     predictions: dict[str, Prediction] | None = None
@@ -82,9 +82,10 @@ TRACE_HEADERS = re.compile(
 
 
 def content_key(raw: bytes) -> str:
-    """What deduplicates an item within its source: replays, re-fetches after a crash, and
-    one mail delivered twice (an MTA's retry, a copy via another alias or folder), which
-    differs only in the trace headers of its hops and perhaps its line endings."""
+    """What deduplicates an item, in its source and across sources: replays, re-fetches after
+    a crash, and one mail delivered twice (an MTA's retry, a copy to another support address
+    or folder), which differs only in the trace headers of its hops and perhaps its line
+    endings."""
     raw = raw.replace(b"\r\n", b"\n")
     end = raw.find(b"\n\n")
     head, body = (raw, b"") if end < 0 else (raw[: end + 1], raw[end + 1 :])
