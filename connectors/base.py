@@ -78,6 +78,12 @@ class Connector(Protocol):
         """Called during ``fetch`` once ``items`` are committed: mark, flag or move them now."""
         ...
 
+    def interrupt(self) -> None:
+        """Called from another thread to stop a ``fetch`` blocked on the server (a stop
+        request); the fetch then fails, and what it read but was not committed is read again
+        at the next poll. A connector whose every call is short may do nothing."""
+        ...
+
     def close(self) -> None: ...
 
 

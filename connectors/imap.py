@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -88,6 +89,7 @@ class ImapConnector:
         self.post_action = post_action
         self._oauth_token = oauth_token
         self._client: IMAPClient | None = None
+        self._live: IMAPClient | None = None  # the newest connection, for interrupt()
 
     @property
     def _where(self) -> str:
@@ -152,6 +154,18 @@ class ImapConnector:
         if client is not None:
             _logout_quietly(client)
 
+    def interrupt(self) -> None:
+        """Cut the connection from another thread (a stop request): a FETCH blocked on the
+        server fails at once instead of waiting for its data or the timeout. Shut down at
+        the socket level, under TLS too, so the reading thread's TLS state is left alone."""
+        client = self._live
+        if client is None:
+            return
+        try:
+            socket.socket.shutdown(client.socket(), socket.SHUT_RDWR)
+        except OSError:
+            log.debug("%s: the connection was already closed", self.name)
+
     def _connect(self) -> IMAPClient:
         context = ssl.create_default_context(cafile=self.cafile) if self.tls != "plain" else None
         client = IMAPClient(
@@ -162,6 +176,7 @@ class ImapConnector:
             timeout=self.timeout,
         )
         client.normalise_times = False
+        self._live = client
         # IMAPClient turns imaplib's protocol trace on and hands it to a logger: imaplib then
         # formats every response, whole messages included, whether or not anyone logs them.
         # That tripled the cost of a FETCH, and would put customers' mail into debug logs.
@@ -289,6 +304,20 @@ def _as_utc(value: object) -> datetime:
     return datetime.now(UTC)
 
 
+def _closed_by_peer(client: IMAPClient) -> bool:
+    """True when the server has closed the connection (EOF waits on the socket). Looked at
+    without waiting (the socket's own timeout would make a read wait) and at the socket level,
+    so a TLS connection's state is left as it is."""
+    sock = client.socket()
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False  # nothing to read: the connection is alive and quiet
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # closed meanwhile
+        return True
+
+
 def _logout_quietly(client: IMAPClient) -> None:
     try:
         client.logout()
@@ -342,6 +371,10 @@ class ImapIdleWatcher:
         self.on_news()  # catch up with anything that arrived while we were not watching
         while not stop.is_set():
             responses = client.idle_check(timeout=self.CHECK_EVERY)
+            if not responses and _closed_by_peer(client):
+                # imapclient's idle_check reads the server's EOF as "no news" and returns at
+                # once: without this, a dropped connection would spin the thread forever.
+                raise ConnectionError("the server closed the connection")
             news = any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
             if news or time.monotonic() - started > self.RENEW_AFTER:
                 client.idle_done()

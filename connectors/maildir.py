@@ -66,6 +66,9 @@ class MaildirConnector:
     def acknowledge(self, items: Sequence[RawItem]) -> None:
         """Maildir sources are read only: nothing to mark."""
 
+    def interrupt(self) -> None:
+        """Nothing to interrupt: files are read locally, one at a time."""
+
     def close(self) -> None:
         """Nothing to release: files are opened and closed per message."""
 

@@ -85,6 +85,9 @@ class MastodonConnector:
     def acknowledge(self, items: Sequence[RawItem]) -> None:
         """Nothing to mark: notifications stay; the checkpoint records what was read."""
 
+    def interrupt(self) -> None:
+        """Nothing to interrupt: every request ends within ``timeout``."""
+
     def close(self) -> None:
         if self._api is not None:
             self._api.session.close()

@@ -86,6 +86,9 @@ class TelegramConnector:
     def acknowledge(self, items: Sequence[RawItem]) -> None:
         """Nothing to do: the next call with the committed offset confirms the updates."""
 
+    def interrupt(self) -> None:
+        """Nothing to interrupt: every request ends within the timeout (a long poll too)."""
+
     def close(self) -> None:
         if self._session is not None:
             self._session.close()

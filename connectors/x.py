@@ -156,6 +156,9 @@ class XConnector:
     def acknowledge(self, items: Sequence[RawItem]) -> None:
         """Nothing to mark on X: the checkpoint alone records what was read."""
 
+    def interrupt(self) -> None:
+        """Nothing to interrupt: every request ends within the client's timeout."""
+
     def close(self) -> None:
         if self._client is not None:
             self._client.session.close()

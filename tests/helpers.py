@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from email.header import Header
@@ -69,3 +70,59 @@ def wait_until(condition: Callable[[], bool], seconds: float, step: float = 0.2)
             return False
         time.sleep(step)
     return True
+
+
+class ProcessTree:
+    """Every process descended from ``pid`` while it runs (sampled from /proc by a thread), so
+    a test can check that none of them outlives it."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid = pid
+        self.seen: dict[int, str] = {}  # pid -> its start time, so a reused pid is not counted
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(every,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def survivors(self, within: float = 10.0) -> dict[int, str]:
+        """The descendants still alive after ``within`` seconds (their command lines)."""
+        wait_until(lambda: not self._alive(), within, step=0.1)
+        return {pid: _cmdline(pid) for pid in self._alive()}
+
+    def _alive(self) -> list[int]:
+        return [pid for pid, started in self.seen.items() if _stat(pid)[1] == started]
+
+    def _sample(self, every: float) -> None:
+        while not self._done.is_set():
+            children: dict[int, list[int]] = {}
+            for entry in Path("/proc").glob("[0-9]*"):
+                parent, _ = _stat(int(entry.name))
+                if parent is not None:
+                    children.setdefault(parent, []).append(int(entry.name))
+            todo = list(children.get(self.pid, []))
+            while todo:
+                pid = todo.pop()
+                started = _stat(pid)[1]
+                if started is not None:
+                    self.seen.setdefault(pid, started)
+                todo.extend(children.get(pid, []))
+            self._done.wait(every)
+
+
+def _stat(pid: int) -> tuple[int | None, str | None]:
+    """(parent pid, start time) of a live process; (None, None) when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None, None
+    return int(fields[1]), fields[19]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"

@@ -10,6 +10,7 @@ from typing import Any
 
 from triage.store.database import Database
 from triage.store.schema import (
+    Alert,
     Classification,
     Customer,
     Forward,
@@ -31,13 +32,15 @@ def message(
     labels: dict[str, str] | None = None,
     routing: str = "",
     status: str = "stored",
+    channel: str = "email",
+    post_kind: str | None = None,
 ) -> int:
     """One stored message with a classification per axis in ``labels``; returns its id."""
     n = next(_ids)
     with db.transaction() as session:
-        customer = session.query(Customer).filter_by(channel="email", address=sender).first()
+        customer = session.query(Customer).filter_by(channel=channel, address=sender).first()
         if customer is None:
-            customer = Customer(channel="email", address=sender)
+            customer = Customer(channel=channel, address=sender)
             session.add(customer)
             session.flush()
         row = Message(
@@ -51,6 +54,8 @@ def message(
             status=status,
             routing=routing,
             raw=b"raw",
+            channel=channel,
+            post_kind=post_kind,
         )
         session.add(row)
         session.flush()
@@ -95,6 +100,15 @@ def source_state(
         state.last_success_at = None if ago is None else now - ago
         state.error_streak, state.last_error, state.updated_at = streak, error, now
         session.merge(state)
+
+
+def alert(db: Database, subject: str, *, error: str | None = None, sent: bool = False) -> None:
+    """An alert as the alerter records it: mailed, or not mailed because of ``error``."""
+    with db.transaction() as session:
+        session.add(
+            Alert(subject=subject, body=f"{subject}: the details", error=error,
+                  sent_at=utcnow() if sent else None)
+        )  # fmt: skip
 
 
 def settings(tmp_path: Any, **sections: Any) -> dict[str, Any]:

@@ -8,13 +8,15 @@ from email.policy import default
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
+from triage import status
 from triage.scheduler import Worker
-from triage.store.schema import utcnow
+from triage.store.schema import Forward, utcnow
 
 pytestmark = pytest.mark.live
 
@@ -94,4 +96,31 @@ def test_stale_source_alerts_once(tmp_path: Path, smtp_server: SmtpServer) -> No
     worker.alerter.check_stale(successes, started)
     stale = [s for s in subjects(smtp_server) if "is stale" in s]
     assert stale == ["[triage alert] source never is stale"]
+    worker.db.dispose()
+
+
+def test_an_alert_that_cannot_be_mailed_is_logged_shown_and_mailed_later(
+    tmp_path: Path, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mail server that fails the forwards fails the alert too: it is logged at ERROR with
+    its whole text, shown by status and /healthz, and mailed once forwards go out again."""
+    deliver(tmp_path / "Maildir", "1.a", make_email("hello", "a question"))
+    source = {"name": "box", "type": "maildir", "path": str(tmp_path / "Maildir")}
+    worker = alerting_worker(tmp_path, smtp_server, [source])
+    smtp_server.fail_next(451, "mailbox busy", times=2)  # the alert, then the review forward
+    with caplog.at_level("ERROR"):
+        worker.poll("box")  # no model: an alert, and the mail goes to review
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("no usable model" in e and "triage train" in e for e in errors), errors
+    problems = status.collect(worker.config, worker.db, load_model=False).problems
+    assert any("could not be mailed" in p and "mailbox busy" in p for p in problems), problems
+    assert smtp_server.messages == []
+
+    assert worker.flush_outbox().retrying == 1  # still refused: the alert waits too
+    with worker.db.transaction() as session:  # the forward's retry time has come
+        session.execute(update(Forward).values(next_attempt_at=utcnow()))
+    assert worker.flush_outbox().sent == 1
+    assert [s for s in subjects(smtp_server) if "no usable model" in s]
+    problems = status.collect(worker.config, worker.db, load_model=False).problems
+    assert not any("could not be mailed" in p for p in problems)
     worker.db.dispose()

@@ -71,7 +71,10 @@ def test_csv_round_trip_changes_only_what_was_edited(
     rows = read_csv(exported)
     assert [r["kind"] for r in rows] == ["complaint", "question", "feedback"]
     assert {r["source"] for r in rows} == {"model"}
-    assert list(rows[0]) == ["message_id", "subject", "text", "kind", "area", "urgency", "source"]
+    assert list(rows[0]) == [
+        "message_id", "subject", "text", "kind", "area", "urgency", "source", "source_name",
+        "channel",
+    ]  # fmt: skip
     assert rows[0]["subject"] == tiny_text("complaint", "billing")[0] and rows[0]["text"]
 
     rows[0]["kind"] = "feedback"  # a correction

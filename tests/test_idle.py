@@ -17,6 +17,7 @@ from connectors.imap import ImapConnector, ImapIdleWatcher
 from tests.conftest import tiny_text
 from tests.helpers import DEPARTMENTS, make_config, make_email
 from tests.servers.dovecot import DovecotServer
+from tests.servers.proxy import FaultyProxy
 from tests.test_scheduler import wait_for
 from triage.scheduler import Worker
 from triage.store.schema import Forward, SourceState
@@ -50,6 +51,34 @@ def test_watcher_signals_new_mail_and_stops(dovecot: DovecotServer) -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert len(calls) >= 2
+
+
+def test_watcher_reconnects_when_the_server_drops_the_connection(dovecot: DovecotServer) -> None:
+    """imapclient reads the server's EOF during IDLE as "no news": without a check of its own
+    the watcher spun on the dead socket and never reported mail again."""
+    proxy = FaultyProxy(dovecot.host, dovecot.port)
+    user = dovecot.new_user()
+    connector = ImapConnector(
+        "support", host="127.0.0.1", port=proxy.port, username=user,
+        password=lambda: dovecot.password, tls="plain",
+    )  # fmt: skip
+    news = threading.Event()
+    stop = threading.Event()
+    thread = threading.Thread(target=ImapIdleWatcher(connector, news.set).run, args=(stop,))
+    thread.start()
+    try:
+        assert news.wait(10)  # watching
+        news.clear()
+        proxy.cut()
+        assert news.wait(10), "the watcher did not reconnect after the connection dropped"
+        news.clear()
+        dovecot.append(user, [make_email("hello", "new mail")])
+        assert news.wait(10), "IDLE did not report the new message after the reconnect"
+    finally:
+        stop.set()
+        thread.join(10)
+        proxy.close()
+    assert not thread.is_alive()
 
 
 @pytest.mark.slow

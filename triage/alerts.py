@@ -4,6 +4,10 @@ A source is reported after ``alerts.after_failures`` failed polls in a row (the 
 every failure), and again at its first success after that; a model that cannot be loaded is
 reported once per distinct problem. Alerts go through the forwarder's transport and carry the
 loop-guard header, so an admin mailbox that is also a source never triages them.
+
+The mail server that fails the forwards may fail the alert too: each alert is recorded in the
+store, one that could not be mailed is logged at ERROR with its whole text, shown by `triage
+status`, /healthz and the status page, and mailed again by the outbox job until it goes out.
 """
 
 from __future__ import annotations
@@ -12,21 +16,29 @@ import logging
 from datetime import datetime, timedelta
 from email.utils import format_datetime, make_msgid
 
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+
 from triage.config import Config
 from triage.forwarding import LOOP_HEADER, DeliveryError, Transport, set_subject, text_part
 from triage.pipeline import PollResult
-from triage.store.schema import utcnow
+from triage.store.database import Database
+from triage.store.schema import Alert, utcnow
 
 log = logging.getLogger(__name__)
+
+RETRY_FOR = timedelta(days=7)
+"""An alert not mailed is tried again for this long; then it is only in the store."""
 
 
 class Alerter:
     """Sends one-sentence alerts to ``[alerts] email`` (or only logs them when none is set)."""
 
-    def __init__(self, config: Config, transport: Transport) -> None:
+    def __init__(self, config: Config, transport: Transport, db: Database) -> None:
         self.settings = config.alerts
         self.sender = config.forwarding.from_address
         self.transport = transport
+        self.db = db
         self._stale: set[str] = set()
 
     def after_poll(self, result: PollResult) -> None:
@@ -74,6 +86,31 @@ class Alerter:
         log.warning("alert: %s", subject)
         if not self.settings.email:
             return
+        self._mail(self._record(subject, text), subject, text)
+
+    def retry_unsent(self) -> int:
+        """Mail again the alerts of the last days that could not be mailed; returns how many
+        went out now. Called after a flush that delivered forwards: the way out works again."""
+        if not self.settings.email:
+            return 0
+        try:
+            with self.db.session() as session:
+                unsent = session.execute(
+                    select(Alert.id, Alert.subject, Alert.body)
+                    .where(
+                        Alert.sent_at.is_(None),
+                        Alert.error.is_not(None),  # not one being mailed for the first time
+                        Alert.created_at > utcnow() - RETRY_FOR,
+                    )
+                    .order_by(Alert.id)
+                ).all()
+        except SQLAlchemyError:
+            log.warning("cannot read the unsent alerts from the store", exc_info=True)
+            return 0
+        return sum(self._mail(id_, subject, body) for id_, subject, body in unsent)
+
+    def _mail(self, alert_id: int | None, subject: str, text: str) -> bool:
+        assert self.settings.email is not None
         mail = text_part(text + "\n")
         mail["From"] = self.sender
         mail["To"] = self.settings.email
@@ -85,6 +122,54 @@ class Alerter:
         try:
             self.transport.send(mail, self.sender, [self.settings.email])
         except DeliveryError as exc:
-            log.error("could not send the alert %r: %s", subject, exc)
+            log.error(
+                "could not mail the alert %r to %s (%s); it is kept and mailed again by the "
+                "outbox job. It says: %s",
+                subject,
+                self.settings.email,
+                exc,
+                text,
+            )
+            self._mark(alert_id, error=str(exc))
+            return False
         finally:
             self.transport.close()
+        self._mark(alert_id, sent_at=utcnow(), error=None)
+        return True
+
+    def _record(self, subject: str, text: str) -> int | None:
+        """The alert's row; None when the store itself is failing (the alert still goes out)."""
+        try:
+            with self.db.transaction() as session:
+                alert = Alert(subject=subject, body=text)
+                session.add(alert)
+                session.flush()
+                return alert.id
+        except SQLAlchemyError:
+            log.warning("the alert %r cannot be recorded in the store", subject, exc_info=True)
+            return None
+
+    def _mark(self, alert_id: int | None, **values: object) -> None:
+        if alert_id is None:
+            return
+        try:
+            with self.db.transaction() as session:
+                session.execute(update(Alert).where(Alert.id == alert_id).values(**values))
+        except SQLAlchemyError:
+            log.warning("the alert %d's delivery cannot be recorded", alert_id, exc_info=True)
+
+
+def unsent_alerts(db: Database) -> list[Alert]:
+    """The alerts of the last days that could not be mailed, the latest first."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Alert)
+                .where(
+                    Alert.sent_at.is_(None),
+                    Alert.error.is_not(None),
+                    Alert.created_at > utcnow() - RETRY_FOR,
+                )
+                .order_by(Alert.id.desc())
+            )
+        )

@@ -38,7 +38,7 @@ from classifiers.training import evaluate as evaluate_model
 from triage import __version__, curation, lifecycle, reports, status
 from triage.config import Config, check_secrets, doubts, load_config
 from triage.errors import StoreError, TriageError
-from triage.forwarding import requeue
+from triage.forwarding import FlushResult, requeue
 from triage.identities import customer_ids, link
 from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
@@ -46,6 +46,7 @@ from triage.registry import ModelRegistry
 from triage.reports import short, styled
 from triage.routing import label_gaps, review_reason
 from triage.scheduler import PassResult, Worker
+from triage.stopping import on_signals
 from triage.store.database import Database
 from triage.store.schema import SourceState, utcnow
 
@@ -208,10 +209,13 @@ def db_upgrade(ctx: Context) -> None:
 def run(ctx: Context, once: bool, quiet: bool, worker_id: str | None) -> None:
     """Run the worker: poll every source on its schedule and deliver forwards.
 
-    Stops cleanly on SIGTERM/SIGINT after the batch in hand; SIGHUP re-reads the config file
-    (an invalid one is refused and the running config kept). Serves the status page, /metrics
-    and /healthz on [web] listen. With --once, exits 1 when a source could not be polled or a
-    forward failed.
+    SIGTERM/SIGINT stop it promptly (a batch being committed and a forward being sent are
+    finished; what is being read is read again at the next start) with exit 0; a second signal
+    stops it at once. SIGHUP re-reads the config file (an invalid one is refused and the running
+    config kept). Serves the status page, /metrics and /healthz on [web] listen. With --once,
+    delivers every forward that can go now, then exits 1 when a source could not be polled or
+    a forward it queued or tried is not delivered (waiting for a retry, or failed), and 130 when
+    a signal stopped it.
     """
     config = ctx.config()
     if worker_id:
@@ -221,10 +225,34 @@ def run(ctx: Context, once: bool, quiet: bool, worker_id: str | None) -> None:
     if not once:
         worker.serve()
         return
-    result = worker.run_once()
+    with _stoppable(worker):
+        result = worker.run_once()
     _show_pass(result, config, quiet)
-    failed = any(poll.error for poll in result.polls) or result.outbox.failed
-    sys.exit(1 if failed else 0)
+    sys.exit(_pass_exit_code(result))
+
+
+@contextmanager
+def _stoppable(worker: Worker) -> Iterator[None]:
+    """SIGTERM/SIGINT stop the work in hand promptly (a second one at once); afterwards the
+    worker's children are reaped and its leases released, whatever happened."""
+    try:
+        with on_signals(worker.stop, cold=lambda: worker.cold_stop(INTERRUPTED)):
+            yield
+    finally:
+        worker.close()
+        if worker.stop.is_set():
+            log.warning("%s", worker.stop.summary())
+
+
+INTERRUPTED = 130
+"""The exit code of a command a signal stopped (as the README's exit codes say)."""
+
+
+def _pass_exit_code(result: PassResult) -> int:
+    """130 stopped; 1 a poll failed or a forward this pass queued or tried is not delivered."""
+    if result.stopped:
+        return INTERRUPTED
+    return 1 if result.failed else 0
 
 
 def _name_worker(worker_id: str) -> None:
@@ -307,15 +335,16 @@ def _duration(seconds: float | None) -> str:
 @click.argument("source")
 @pass_context
 def poll(ctx: Context, source: str) -> None:
-    """Poll one SOURCE now and deliver what it queued."""
+    """Poll one SOURCE now and deliver what it queued; exit codes as `run --once`."""
     config = ctx.config()
     config.source(source)
     check_secrets(config)
     worker = Worker(config, ctx.database(config))
-    result = PassResult(polls=[worker.poll(source)])
-    result.outbox = worker.flush_outbox()
+    began = utcnow()
+    with _stoppable(worker):
+        result = worker.finish(PassResult(polls=[worker.poll(source)]), FlushResult(), began)
     _show_pass(result, config, quiet=False)
-    sys.exit(1 if result.polls[0].error else 0)
+    sys.exit(_pass_exit_code(result))
 
 
 @cli.command("sources")
@@ -372,6 +401,8 @@ def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
     out.print(
         f"outbox: {box.sent} forward(s) {where}, {box.retrying} to retry, {box.failed} failed"
     )
+    if result.left.count:
+        out.print(styled("not delivered:", "yellow", result.left.describe()))
 
 
 def _poll_line(result: PollResult) -> str | Text:
@@ -379,6 +410,11 @@ def _poll_line(result: PollResult) -> str | Text:
         return Text.assemble(f"{result.source}: ", ("poll failed", "red"), f": {result.error}")
     if result.busy_with:
         return f"{result.source}: not polled, {result.busy_with} is polling it now"
+    if result.stopped:
+        return (
+            f"{result.source}: stopped after {result.count('stored')} new, "
+            f"{result.forwarded} to forward; the rest is read at the next run"
+        )
     if result.paused_until and not result.total:
         return f"{result.source}: rate-limited, paused until {result.paused_until:%H:%M:%S} UTC"
     return (
@@ -1024,14 +1060,18 @@ def quarantine_retry(ctx: Context, message_ids: tuple[int, ...], retry_all: bool
         raise click.UsageError("name message ids or pass --all")
     config = ctx.config()
     worker = Worker(config, ctx.database(config))
-    outcomes = worker.pipeline.retry_quarantined(None if retry_all else list(message_ids))
-    outbox = worker.flush_outbox()
+    began = utcnow()
+    with _stoppable(worker):
+        outcomes = worker.pipeline.retry_quarantined(None if retry_all else list(message_ids))
+        result = worker.finish(PassResult(), FlushResult(), began)
     still = sum(1 for o in outcomes if o.status == "quarantined")
     out.print(
         f"{len(outcomes) - still} message(s) processed, {still} still quarantined; "
-        f"{outbox.sent} forward(s) delivered"
+        f"{result.outbox.sent} forward(s) delivered"
     )
-    sys.exit(1 if still else 0)
+    if result.left.count:
+        out.print(styled("not delivered:", "yellow", result.left.describe()))
+    sys.exit(_pass_exit_code(result) or (1 if still else 0))
 
 
 @cli.command("purge")

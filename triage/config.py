@@ -378,6 +378,14 @@ class Config(_Section):
         known = ", ".join(s.name for s in self.sources) or "none"
         raise ConfigError(f"no source named {name!r} (configured: {known})")
 
+    def channel_of(self, name: str, item_format: str) -> str:
+        """The channel of the source called ``name`` ("email", "x", ...), for items that
+        could not be parsed; by the item's format when a reload removed the source."""
+        for source in self.sources:
+            if source.name == name:
+                return "email" if source.type in ("imap", "maildir") else source.type
+        return "email" if item_format == "rfc822" else "social"
+
 
 def doubts(config: Config) -> list[str]:
     """What makes a valid config do nothing useful, one sentence each, for `config check`."""

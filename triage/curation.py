@@ -8,7 +8,9 @@ label, else the model's guess, else empty) and ``source``: ``human`` (every labe
 a human label, in one transaction: a bad row stops the import, naming its line, before anything
 is written. A value equal to the current human label is skipped, and so is one equal to the
 model's guess on a row whose ``source`` says ``model`` or ``mixed`` (an exported guess nobody
-changed); set ``source`` to ``human`` to confirm a guess. CSV or JSON Lines, by the extension.
+changed); set ``source`` to ``human`` to confirm a guess. ``source_name`` (the configured
+source the message came from) and ``channel`` ("email", "x:dm", ...) are exported for a
+reader and ignored on import. CSV or JSON Lines, by the extension.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from triage.errors import TriageError
 from triage.lifecycle import UnknownMessage, Vocabulary, add_labels, latest_guesses
 from triage.routing import REVIEW_PREFIX
 from triage.store.database import Database
-from triage.store.schema import Classification, Label, Message
+from triage.store.schema import Classification, Label, Message, channel_key
 
 log = logging.getLogger(__name__)
 
 AXES = ("kind", "area", "urgency")
-COLUMNS = ("message_id", "subject", "text", *AXES, "source")
+COLUMNS = ("message_id", "subject", "text", *AXES, "source", "source_name", "channel")
 MAX_LABEL = 128  # labels.label is String(128)
 
 
@@ -133,6 +135,8 @@ def _export_rows(db: Database) -> Iterator[dict[str, Any]]:
             row["source"] = (
                 "" if not given else "human" if mine == given else "model" if not mine else "mixed"
             )
+            row["source_name"] = message.source
+            row["channel"] = channel_key(message.channel, message.post_kind)
             yield row
 
 

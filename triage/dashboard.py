@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 
 from triage import status
+from triage.alerts import unsent_alerts
 from triage.config import Config
 from triage.routing import REVIEW_PREFIX, review_reason
 from triage.store.database import Database
@@ -127,10 +128,13 @@ def review_queue(db: Database, limit: int = 25) -> list[ReviewRow]:
 def forwards_by_department(db: Database) -> dict[str, dict[str, int]]:
     """Department to {pending, retrying, sent, failed}; pending here excludes retrying."""
     table: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FORWARD_STATES, 0))
+    # One expression object, grouped by as selected: `attempts > 0` written twice rendered two
+    # bind parameters, which PostgreSQL refuses to match (GroupingError).
+    tried = (Forward.attempts > literal_column("0")).label("tried")
     with db.session() as session:
         for department, state, attempts, count in session.execute(
-            select(Forward.department, Forward.status, Forward.attempts > 0, func.count()).group_by(
-                Forward.department, Forward.status, Forward.attempts > 0
+            select(Forward.department, Forward.status, tried, func.count()).group_by(
+                Forward.department, Forward.status, tried
             )
         ):
             key = "retrying" if state == "pending" and attempts else state
@@ -259,6 +263,7 @@ def render(config: Config, db: Database, *, started: datetime | None = None) -> 
             bar_chart(daily_volume(db, "urgency"), "Messages per day by urgency"),
         ),
         _section("Sources", _sources_table(report.sources)),
+        *_unsent_alerts_section(db),
         _section(f"Review queue ({report.review} in all; newest first)", _review_table(db)),
         _section("Forwards per department", _departments_table(db)),
         _section("Latest forwards", _forwards_table(recent_forwards(db))),
@@ -269,6 +274,19 @@ def render(config: Config, db: Database, *, started: datetime | None = None) -> 
         checked=f"{report.checked_at:%Y-%m-%d %H:%M:%S} UTC",
         body="\n".join(sections),
     )
+
+
+def _unsent_alerts_section(db: Database) -> list[str]:
+    """The alerts the admin may never have received, whole (none: no section)."""
+    unsent = unsent_alerts(db)
+    if not unsent:
+        return []
+    rows = [
+        [_e(_when(a.created_at)), _e(a.subject), _e(a.error), f"<pre>{_e(a.body)}</pre>"]
+        for a in unsent
+    ]
+    table = _table(("raised (UTC)", "alert", "why it was not mailed", "text"), rows, "")
+    return [_section(f"Alerts that could not be mailed ({len(unsent)})", table)]
 
 
 def _section(title: str, body: str) -> str:

@@ -1,8 +1,10 @@
 """Named crash points, so the crash-safety tests can kill the worker exactly where it hurts.
 
 ``TRIAGE_CRASH_AT=<point>`` (or ``<point>:<n>`` for the n-th time) makes the process SIGKILL
-itself when it reaches that point: no cleanup, no finally blocks, as a power cut would. Unset, a
-crash point costs one dictionary lookup.
+itself when it reaches that point: no cleanup, no finally blocks, as a power cut would.
+``TRIAGE_SIGNAL_AT=<point>[:<n>]`` sends it SIGTERM there instead (an admin's stop at that very
+moment) and goes on, so the stop tests see what the handler does from there. Unset, a crash
+point costs two dictionary lookups.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 POINTS = frozenset(
     {
         "fetched",  # a batch is fetched, nothing of it is stored yet
+        "submitted",  # a batch is handed to the parsing processes
         "classified",  # the batch is classified, its transaction not yet committed
         "committed",  # the batch and its checkpoint are committed
         "smtp-sending",  # a forward is about to be handed to the SMTP server
@@ -21,17 +24,22 @@ POINTS = frozenset(
     }
 )
 
-_reached: Counter[str] = Counter()
+_reached: Counter[tuple[str, str]] = Counter()
 
 
 def crash_point(name: str) -> None:
-    """Kill this process if ``TRIAGE_CRASH_AT`` names this point (and its count is reached)."""
-    wanted = os.environ.get("TRIAGE_CRASH_AT")
-    if not wanted:
-        return
-    point, _, nth = wanted.partition(":")
-    if point != name:
-        return
-    _reached[name] += 1
-    if _reached[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Kill this process if ``TRIAGE_CRASH_AT`` names this point (and its count is reached);
+    send it SIGTERM, once, if ``TRIAGE_SIGNAL_AT`` does."""
+    for variable, sig in (
+        ("TRIAGE_CRASH_AT", signal.SIGKILL),
+        ("TRIAGE_SIGNAL_AT", signal.SIGTERM),
+    ):
+        wanted = os.environ.get(variable)
+        if not wanted:
+            continue
+        point, _, nth = wanted.partition(":")
+        if point != name:
+            continue
+        _reached[variable, name] += 1
+        if _reached[variable, name] == int(nth or 1):
+            os.kill(os.getpid(), sig)

@@ -44,6 +44,7 @@ from triage.errors import check_named
 from triage.faults import crash_point
 from triage.identities import PERSON_KEY, person_of, same_person
 from triage.routing import Route
+from triage.stopping import Stop
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 from triage.urgency import URGENT_BECAUSE
@@ -255,18 +256,58 @@ COMPOSE_CHUNK = 50
 """Forwards composed together: their messages and labels come in one query each, not one
 each per forward; then each is locked, sent and recorded in a transaction of its own."""
 
+PASS_LIMIT = 1000
+"""Forwards one pass of the outbox reads; a drain makes as many passes as it takes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Forwards queued since a moment and not delivered: why, and until when."""
+
+    waiting: int = 0  # pending: their next attempt is due later (the server failed them)
+    next_attempt_at: datetime | None = None  # the earliest of those attempts
+    failed: int = 0  # gave up: `triage outbox retry` re-queues them
+    last_error: str | None = None  # the latest error among them
+
+    @property
+    def count(self) -> int:
+        return self.waiting + self.failed
+
+    def describe(self) -> str:
+        """One sentence for the admin; empty when nothing is left."""
+        if not self.count:
+            return ""
+        parts = []
+        if self.waiting:
+            at = (
+                f", the first at {self.next_attempt_at:%H:%M:%S} UTC"
+                if self.next_attempt_at
+                else ""
+            )
+            parts.append(f"{self.waiting} waiting for a retry{at}")
+        if self.failed:
+            parts.append(f"{self.failed} failed for good (`triage outbox retry --all-failed`)")
+        error = f"; last error: {self.last_error}" if self.last_error else ""
+        return f"{self.count} forward(s) not delivered: {', '.join(parts)}{error}"
+
 
 class Forwarder:
     """Delivers due outbox entries, committing each outcome as soon as it is known."""
 
-    def __init__(self, db: Database, config: Config, transport: Transport) -> None:
+    pass_limit = PASS_LIMIT
+
+    def __init__(
+        self, db: Database, config: Config, transport: Transport, stop: Stop | None = None
+    ) -> None:
         self.db = db
         self.settings: Forwarding = config.forwarding
         self.transport = transport
+        self.stop = stop or Stop()
         self._outage_logged = False
 
-    def flush(self, now: datetime | None = None, limit: int = 1000) -> FlushResult:
-        """Try every pending forward that is due; returns the counts."""
+    def flush(self, now: datetime | None = None, limit: int = PASS_LIMIT) -> FlushResult:
+        """One pass: try the pending forwards that are due (at most ``limit``); a stop
+        request ends the pass after the forward in hand."""
         result = FlushResult()
         now = now or utcnow()
         with self.db.session() as session:
@@ -276,12 +317,20 @@ class Forwarder:
                 .order_by(Forward.id)
                 .limit(limit)
             ).all()
+        tried = 0
         try:
             for start in range(0, len(due), COMPOSE_CHUNK):
+                if self.stop.is_set():
+                    break
                 for forward, email in self._compose(due[start : start + COMPOSE_CHUNK]):
+                    if self.stop.is_set():
+                        break
                     self._deliver(forward, email, now, result)
+                    tried += 1
         finally:
             self.transport.close()
+        if self.stop.is_set() and tried < len(due):
+            self.stop.note(f"outbox: {len(due) - tried} due forward(s) left pending")
         if due:
             log.info(
                 "outbox: %d sent, %d to retry, %d failed",
@@ -290,6 +339,46 @@ class Forwarder:
                 result.failed,
             )
         return result
+
+    def drain(self) -> FlushResult:
+        """Deliver everything deliverable now: pass after pass of ``pass_limit`` forwards,
+        until none is due (what is left waits for a retry time, or failed) or a stop is
+        requested."""
+        total = FlushResult()
+        while not self.stop.is_set():
+            result = self.flush(limit=self.pass_limit)
+            total += result
+            if not result.states:  # nothing was due, or every due one is another worker's
+                break
+        return total
+
+    def undelivered_since(self, since: datetime) -> Leftover:
+        """The forwards queued at or after ``since`` that are not delivered, and why."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(
+                    Forward.status,
+                    func.count(),
+                    func.min(Forward.next_attempt_at),
+                    func.max(Forward.id),
+                )
+                .where(Forward.created_at >= since, Forward.status != "sent")
+                .group_by(Forward.status)
+            ).all()
+            by_status = {status: (count, first, last) for status, count, first, last in rows}
+            latest = max((last for _, _, last in by_status.values()), default=None)
+            error = (
+                session.scalar(select(Forward.last_error).where(Forward.id == latest))
+                if latest is not None
+                else None
+            )
+        waiting = by_status.get("pending", (0, None, None))
+        return Leftover(
+            waiting=waiting[0],
+            next_attempt_at=waiting[1],
+            failed=by_status.get("failed", (0, None, None))[0],
+            last_error=error,
+        )
 
     def _compose(self, forward_ids: Sequence[int]) -> list[tuple[Forward, Email]]:
         """The forwards with their emails, read without a lock: what an email shows never
@@ -486,9 +575,9 @@ def _post_title(message: Message) -> str:
     """A subject for a post, which has none: "X mention from @olena_p"."""
     if message.channel == "email":
         return "(no subject)"
-    post = _post(message.raw)
     channel = CHANNEL_NAMES.get(message.channel, message.channel)
-    kind = POST_KINDS.get(str(post.get("kind")), "post")
+    kind = POST_KINDS.get(str(message.post_kind), "post")
+    post = _post(message.raw)
     handle = post.get("author_handle") or (message.customer.address if message.customer else "")
     return f"{channel} {kind} from {handle}".strip()
 

@@ -65,6 +65,7 @@ class ParsedEmail:
     language: str  # "uk", "ru", "en" or "und"
     channel: str = "email"  # "email", or the social network a post came from
     url: str | None = None  # a link to the post, for social channels
+    post_kind: str | None = None  # a post's kind on its channel: "mention", "dm", ...
 
 
 # --------------------------------------------------------------------------- charsets

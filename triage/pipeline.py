@@ -7,7 +7,6 @@ or classified is quarantined with its error and raw bytes; the rest of the batch
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter, deque
@@ -41,13 +40,16 @@ from triage.normalize import ParsedEmail, lost_body
 from triage.prepare import Prepared, Preparer, classification_text, prepare
 from triage.registry import ActiveClassifier
 from triage.routing import AREA, URGENCY, Route, Router
+from triage.stopping import Stop, Stopped
 from triage.store import history
 from triage.store.contacts import recent_areas
 from triage.store.database import Database
 from triage.store.history import Identity
 from triage.store.schema import (
+    INTAKE_STATUSES,
     Message,
     SourceState,
+    channel_key,
     utcnow,
 )
 
@@ -86,6 +88,7 @@ class PollResult:
     recovered_from: int = 0  # the streak this successful poll ended
     paused_until: datetime | None = None  # rate-limited: not polled again before this
     busy_with: str | None = None  # not polled: this other worker holds the source now
+    stopped: bool = False  # a stop request ended the poll; what was not committed is re-read
     counts: Counter[str] = field(default_factory=Counter)  # by status, and "forwarded"
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
@@ -133,12 +136,18 @@ class Pipeline:
     """Runs polls for the sources of one config against one database."""
 
     def __init__(
-        self, db: Database, config: Config, router: Router, classifier: ActiveClassifier
+        self,
+        db: Database,
+        config: Config,
+        router: Router,
+        classifier: ActiveClassifier,
+        stop: Stop | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.router = router
         self.classifier = classifier
+        self.stop = stop or Stop()
         self.clock: Callable[[], datetime] = utcnow  # tests move time past a rate-limit pause
         # Called first in each batch's transaction: the worker's lease renewal, which raises
         # (rolling the batch back) when another worker took the source over; triage/store/leases.py.
@@ -148,7 +157,7 @@ class Pipeline:
         self.stages: dict[str, Callable[[Session, str, list[RawItem]], list[Outcome]]] = {}
         # Parses and classifies batches (in worker processes when configured) while this
         # process fetches the next batch and stores the previous one.
-        self.preparer = Preparer(0)
+        self.preparer = Preparer(0, self.stop)
         # Called after a batch that queued forwards is committed: the worker delivers them
         # while the next batches are read, not when a long first poll of a mailbox ends.
         self.on_queued: Callable[[], None] | None = None
@@ -168,17 +177,14 @@ class Pipeline:
             log.debug("%s: rate-limited, not polled before %s", name, paused)
             return result
         try:
-            self._ingest(name, connector, batch_size, result)
-        except ConnectorRateLimited as exc:
-            result.paused_until = self._record_pause(name, exc)
-            log.warning("%s: %s", name, exc)
-            return result
+            with self.stop.interruptible(connector.interrupt):
+                self._ingest(name, connector, batch_size, result)
+        except Stopped as exc:
+            return self._stopped(name, result, exc.abandoned)
         except ConnectorError as exc:
-            result.error = str(exc)
-            result.permanent = isinstance(exc, ConnectorAuthError)
-            result.streak = self._record_failure(name, str(exc))
-            log.warning("%s: poll failed (%d in a row): %s", name, result.streak, exc)
-            return result
+            if self.stop.is_set():  # the stop cut the connection: not the source's fault
+                return self._stopped(name, result, 0)
+            return self._failed(name, result, exc)
         finally:
             connector.close()
         result.recovered_from = self._record_success(name)
@@ -189,6 +195,31 @@ class Pipeline:
             result.count("duplicate"),
             result.count("quarantined"),
             result.forwarded,
+        )
+        return result
+
+    def _failed(self, name: str, result: PollResult, exc: ConnectorError) -> PollResult:
+        """A poll the source failed; a rate limit pauses the source instead (no streak)."""
+        if isinstance(exc, ConnectorRateLimited):
+            result.paused_until = self._record_pause(name, exc)
+            log.warning("%s: %s", name, exc)
+            return result
+        result.error = str(exc)
+        result.permanent = isinstance(exc, ConnectorAuthError)
+        result.streak = self._record_failure(name, str(exc))
+        log.warning("%s: poll failed (%d in a row): %s", name, result.streak, exc)
+        return result
+
+    def _stopped(self, name: str, result: PollResult, abandoned: int) -> PollResult:
+        """A poll a stop request ended: what it committed stays, the rest is read next time."""
+        result.stopped = True
+        left = (
+            f"{abandoned} fetched message(s) left uncommitted"
+            if abandoned
+            else "the batch being read left"
+        )
+        self.stop.note(
+            f"{name}: {result.total} message(s) committed, {left}, to be read at the next start"
         )
         return result
 
@@ -205,12 +236,16 @@ class Pipeline:
                 in_flight.append((batch, self._submit(name, batch, model)))
                 if len(in_flight) > max(1, self.preparer.processes):
                     self._commit(name, connector, *in_flight.popleft(), model, result)
+            while in_flight:
+                self._commit(name, connector, *in_flight.popleft(), model, result)
         except ConnectorError:
+            if self.stop.is_set():
+                raise Stopped(_held(in_flight)) from None
             while in_flight:
                 self._commit(name, connector, *in_flight.popleft(), model, result)
             raise
-        while in_flight:
-            self._commit(name, connector, *in_flight.popleft(), model, result)
+        except Stopped:
+            raise Stopped(_held(in_flight)) from None
 
     def _submit(
         self, name: str, batch: list[tuple[RawItem, Checkpoint]], model: Classifier | None
@@ -218,7 +253,9 @@ class Pipeline:
         if name in self.stages:
             return None  # a stage reads its items itself
         path = self.classifier.path if model is not None else None
-        return self.preparer.submit([item for item, _ in batch], model, path)
+        future = self.preparer.submit([item for item, _ in batch], model, path)
+        crash_point("submitted")
+        return future
 
     def _commit(
         self,
@@ -229,8 +266,10 @@ class Pipeline:
         model: Classifier | None,
         result: PollResult,
     ) -> None:
+        self.stop.check()  # a stop abandons what is not committed yet
         items = [item for item, _ in batch]
         prepared = self.preparer.collect(future, items, model) if future is not None else None
+        self.stop.check()
         outcomes = self._process(name, batch, prepared, model)
         connector.acknowledge(items)  # only after the commit
         queued = result.forwarded
@@ -280,7 +319,8 @@ class Pipeline:
         contacts = self._recent_contacts(session, fresh)
         for entry in fresh:
             if entry.email is None or entry.error:
-                outcomes.append(_quarantine(session, entry, entry.error or "not parsed"))
+                channel = self.config.channel_of(source, entry.item.format)
+                outcomes.append(_quarantine(session, entry, entry.error or "not parsed", channel))
             else:
                 entry.route = self._route(entry, contacts)
                 good.append(entry)
@@ -336,13 +376,14 @@ class Pipeline:
         ids = history.insert_messages(
             session, [_message_row(entry, customers, threads) for entry in entries]
         )
+        stored = [(id_, entry) for id_, entry in zip(ids, entries, strict=True) if id_ is not None]
         version = model.version if model is not None else None
         history.insert_classifications(
             session,
             [
                 {"message_id": id_, "axis": axis, "label": p.label,
                  "confidence": p.confidence, "model_version": version}
-                for id_, entry in zip(ids, entries, strict=True)
+                for id_, entry in stored
                 for axis, p in (entry.predictions or {}).items()
             ],
         )  # fmt: skip
@@ -350,11 +391,16 @@ class Pipeline:
             session,
             [
                 outbox_row(id_, entry.route, self.config.forwarding.from_address)
-                for id_, entry in zip(ids, entries, strict=True)
+                for id_, entry in stored
                 if entry.route is not None and entry.route.department
             ],
         )
-        return [_stored_outcome(entry) for entry in entries]
+        return [
+            _stored_outcome(entry)
+            if id_ is not None
+            else Outcome(entry.item.source_id, "", "", "duplicate")  # another poller was first
+            for id_, entry in zip(ids, entries, strict=True)
+        ]
 
     def _cap_senders(
         self, session: Session, entries: list[_Parsed], customers: dict[tuple[str, str], int]
@@ -529,19 +575,30 @@ def _batched(
         yield batch
 
 
+def _held(in_flight: Iterable[_InFlight]) -> int:
+    """How many fetched items the batches in flight hold."""
+    return sum(len(batch) for batch, _ in in_flight)
+
+
 def _drop_known(
     session: Session, source: str, parsed: list[_Parsed]
 ) -> tuple[list[_Parsed], list[Outcome]]:
-    """Split a batch into new items and those already stored (by index, never by scan), from
-    any source: a customer who writes to two support addresses sent one request. (Mail as
-    it was stored before trace headers left the key only matches in its own source.)"""
+    """Split a batch into new items and those already stored (by index, never by scan): any
+    item of this source, and a customer's request from any source (who writes to two support
+    addresses sent one request). Mail as it was stored before trace headers left the key only
+    matches in its own source. Two pollers that both find a mail new here are decided by the
+    database's unique index when they store it (``history.insert_messages``)."""
     keys = [entry.key for entry in parsed]
     legacy = [entry.raw_key for entry in parsed]
     known = {
-        *session.scalars(select(Message.content_key).where(Message.content_key.in_(keys))),
         *session.scalars(
             select(Message.content_key).where(
-                Message.source == source, Message.content_key.in_(legacy)
+                Message.content_key.in_(keys), Message.status.in_(INTAKE_STATUSES)
+            )
+        ),
+        *session.scalars(
+            select(Message.content_key).where(
+                Message.source == source, Message.content_key.in_(keys + legacy)
             )
         ),
     }
@@ -558,22 +615,16 @@ def _drop_known(
 def _urgency_channel(entry: _Parsed) -> str:
     """The channel, with the kind of a post ("x:mention", "telegram:dm") for escalate_channels."""
     assert entry.email is not None
-    if entry.item.format != "post":
-        return entry.email.channel
-    try:
-        kind = json.loads(entry.item.raw).get("kind")
-    except (ValueError, AttributeError):
-        kind = None
-    return f"{entry.email.channel}:{kind}" if kind else entry.email.channel
+    return channel_key(entry.email.channel, entry.email.post_kind)
 
 
-def _quarantine(session: Session, entry: _Parsed, error: str) -> Outcome:
+def _quarantine(session: Session, entry: _Parsed, error: str, channel: str) -> Outcome:
     session.add(
         Message(
             source=entry.item.source,
             source_id=entry.item.source_id,
             content_key=entry.key,
-            channel="email" if entry.item.format == "rfc822" else "social",
+            channel=channel,
             received_at=entry.item.received_at,
             size=entry.item.size or len(entry.item.raw),
             truncated=entry.item.truncated,
@@ -622,6 +673,7 @@ def _message_row(
         "source_id": item.source_id,
         "content_key": entry.key,
         "channel": email.channel,
+        "post_kind": email.post_kind,
         "customer_id": customers.get(_identity(entry)),
         "conversation_id": threads.get(f"{email.channel}:{email.thread_key}"),
         "header_message_id": email.message_id,

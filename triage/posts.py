@@ -49,6 +49,7 @@ def parse_post(raw: bytes) -> ParsedEmail:
         language=guess_language(text),
         channel=channel,
         url=post.get("url"),
+        post_kind=str(post["kind"])[:16] if post.get("kind") else None,
     )
 
 

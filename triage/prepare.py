@@ -25,13 +25,18 @@ from typing import Any
 from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import RawItem
+from triage._multiprocessing import kill_workers
 from triage.normalize import ParsedEmail, parse_email
 from triage.posts import parse_post
+from triage.stopping import Stop, Stopped
 
 log = logging.getLogger(__name__)
 
 NORMALIZERS = {"rfc822": parse_email, "post": parse_post}
 """How each RawItem format becomes a normalized record; a new format is one entry."""
+
+STOP_CHECK_SECONDS = 0.1
+"""How often a poll waiting for a batch's preparation looks at the stop request."""
 
 MIN_POOL_BATCH = 32
 """Smaller batches (an IDLE push, a quiet mailbox) are prepared in the polling process: the
@@ -122,8 +127,9 @@ class Preparer:
     folder once per version (a fitted model is megabytes: it is never sent with a batch).
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, stop: Stop | None = None) -> None:
         self.processes = processes
+        self.stop = stop or Stop()
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(
@@ -143,14 +149,32 @@ class Preparer:
     def collect(
         self, future: Future[list[Prepared]], items: Sequence[RawItem], model: Classifier | None
     ) -> list[Prepared]:
-        """The future's result; if the worker failed (killed, model unreadable), prepare here."""
+        """The future's result; if the worker failed (killed, model unreadable), prepare here.
+
+        Raises:
+            Stopped: a stop was requested while the batch was being prepared.
+        """
         try:
-            return future.result()
+            return self._wait(future)
+        except Stopped:
+            raise
         except Exception as exc:
+            if self.stop.is_set():
+                raise Stopped() from None
             log.error("a parsing worker failed (%s); preparing the batch in this process", exc)
             if isinstance(exc, BrokenProcessPool):
                 self._pool = None  # started anew at the next batch
             return prepare(items, model)
+
+    def _wait(self, future: Future[list[Prepared]]) -> list[Prepared]:
+        """The result, looking at the stop request while it is not there yet."""
+        while True:
+            try:
+                return future.result(timeout=STOP_CHECK_SECONDS)
+            except TimeoutError:
+                if self.stop.is_set():
+                    future.cancel()
+                    raise Stopped() from None
 
     def start(self, model: Classifier | None, model_path: Path | None) -> None:
         """Start every worker and load the model in it now, rather than in the first poll."""
@@ -164,10 +188,14 @@ class Preparer:
             wait.result()
 
     def close(self) -> None:
-        """Stop the worker processes (batches in flight are finished first)."""
+        """Stop the worker processes and reap them. After a stop request they are killed:
+        nobody will store what they prepare, and they may still be loading the model."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        if self.stop.is_set():
+            kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

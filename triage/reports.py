@@ -10,11 +10,18 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 
 from triage import identities
 from triage.store.database import Database
-from triage.store.schema import Classification, Customer, Forward, Message, ModelVersion
+from triage.store.schema import (
+    Classification,
+    Customer,
+    Forward,
+    Message,
+    ModelVersion,
+    channel_key,
+)
 
 AXES = ("kind", "area", "urgency")
 
@@ -161,6 +168,20 @@ def stats(db: Database) -> dict[str, Any]:
         forwards = dict(
             session.execute(select(Forward.status, func.count()).group_by(Forward.status)).all()
         )
+        # No bind parameter: PostgreSQL matches a grouped expression with parameters only when
+        # they are one and the same.
+        quarantined = Message.status == literal_column("'quarantined'")
+        by_source: dict[str, dict[str, int]] = {}
+        by_channel: dict[str, dict[str, int]] = {}
+        for source, channel, kind, held, count in session.execute(
+            select(Message.source, Message.channel, Message.post_kind, quarantined, func.count())
+            .group_by(Message.source, Message.channel, Message.post_kind, quarantined)
+            .order_by(Message.source)
+        ):
+            state = "quarantined" if held else "stored"
+            for table, key in ((by_source, source), (by_channel, channel_key(channel, kind))):
+                counts = table.setdefault(key, {"stored": 0, "quarantined": 0})
+                counts[state] += count
     return {
         "messages": sum(by_status.values()),
         "by_status": by_status,
@@ -168,6 +189,8 @@ def stats(db: Database) -> dict[str, Any]:
         "by_axis": dict(labels),
         "forwards": {status: forwards.get(status, 0) for status in ("pending", "sent", "failed")},
         "quarantined": by_status.get("quarantined", 0),
+        "by_source": by_source,
+        "by_channel": dict(sorted(by_channel.items())),
     }
 
 

@@ -1,16 +1,20 @@
 """The worker: one APScheduler job per source plus one that flushes the outbox.
 
-``run_once`` does one pass over every source, delivering forwards as their batches commit, and a
-last flush, which is what ``triage run --once`` and the tests call; ``serve`` runs the same jobs
-on a schedule until SIGTERM or SIGINT, then finishes the batch in hand (a warm stop). SIGHUP
-re-reads the config file and re-syncs the jobs (an invalid file is refused and the running config
-kept). Under systemd it reports READY=1 and keeps the watchdog fed from a job of its own; the
-status page, /metrics and /healthz are served on ``[web] listen``.
+``run_once`` does one pass over every source, delivering forwards as their batches commit, and
+then drains the outbox, which is what ``triage run --once`` and the tests call; ``serve`` runs
+the same jobs on a schedule until SIGTERM or SIGINT. A stop is prompt at any moment
+(triage/stopping.py): a batch being committed is finished, a forward being sent goes out, what
+is being fetched or parsed is abandoned to be read again at the next start, every child process
+is reaped and the leases released. SIGHUP re-reads the config file and re-syncs the jobs (an
+invalid file is refused and the running config kept). Under systemd it reports READY=1 and keeps
+the watchdog fed from a job of its own; the status page, /metrics and /healthz are served on
+``[web] listen``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,17 +38,19 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from triage import metrics, notify, web
+from triage._multiprocessing import kill_descendants, stop_helpers
 from triage.alerts import Alerter
 from triage.config import AnySource, Config, check_secrets, load_config
 from triage.corrections import Corrections
 from triage.errors import ConfigError
-from triage.forwarding import FlushResult, Forwarder, make_transport
+from triage.forwarding import FlushResult, Forwarder, Leftover, make_transport
 from triage.pipeline import Pipeline, PollResult
 from triage.prepare import Preparer, freeze_long_lived
 from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
 from triage.routing import Router
 from triage.sources import make_connector, make_watcher
+from triage.stopping import Stop, on_signals
 from triage.store.database import Database
 from triage.store.leases import LeaseLost, Leases
 
@@ -54,6 +60,10 @@ OUTBOX_JOB = "flush-outbox"
 PURGE_JOB = "purge-retention"
 STALE_JOB = "check-stale"
 WATCHDOG_JOB = "watchdog"
+
+STOP_GRACE_SECONDS = 20.0
+"""How long a stop waits for the jobs in hand (a commit, a forward being sent, a Telegram long
+poll); then it stops without them (a cold stop). Well below systemd's TimeoutStopSec."""
 
 
 class Wakes:
@@ -70,8 +80,10 @@ class Wakes:
     def __init__(self, scheduler: BackgroundScheduler) -> None:
         self.scheduler = scheduler
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._running: set[str] = set()
         self._pending: set[str] = set()  # woken since its last run began
+        self._closed = False
         scheduler.add_listener(self._ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
     def job(self, job_id: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,17 +98,35 @@ class Wakes:
                         self._pending.discard(job_id)
                     result = func(*args)
                     with self._lock:  # checked under the lock wake() takes: no request slips by
-                        if job_id not in self._pending:
+                        if job_id not in self._pending or self._closed:
                             return result
             finally:
                 with self._lock:
                     self._running.discard(job_id)
+                    self._idle.notify_all()
 
         return run
+
+    def close(self) -> None:
+        """Wake nothing from now on (a stop): the scheduler is being shut down, and asking it
+        to run a job would wait on the lock its shutdown holds."""
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
+
+    def wait_idle(self, timeout: float) -> list[str]:
+        """Wait until no job runs, at most ``timeout`` seconds; returns the jobs still running."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._running and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            return sorted(self._running)
 
     def wake(self, job_id: str) -> None:
         """Run the job now; if it is running, run it again right after."""
         with self._lock:
+            if self._closed:
+                return
             self._pending.add(job_id)
             if job_id in self._running:
                 return  # the running job sees the request when it ends
@@ -116,10 +146,17 @@ class Wakes:
 
 @dataclass
 class PassResult:
-    """What one pass over every source did."""
+    """What one pass over every source did, and the forwards it queued that are not delivered."""
 
     polls: list[PollResult] = field(default_factory=list)
     outbox: FlushResult = field(default_factory=FlushResult)
+    left: Leftover = field(default_factory=Leftover)
+    stopped: bool = False  # a stop request cut the pass short
+
+    @property
+    def failed(self) -> bool:
+        """Something did not work: a poll, or a forward this pass queued or tried."""
+        return any(poll.error for poll in self.polls) or bool(self.outbox.failed or self.left.count)
 
 
 class BackgroundFlush(threading.Thread):
@@ -163,9 +200,11 @@ class Worker:
         db: Database | None = None,
         config_path: Path | None = None,
         worker_id: str | None = None,
+        stop: Stop | None = None,
     ) -> None:
         self.db = db or Database(config.database.url)
         self.config_path = config_path  # re-read at SIGHUP
+        self.stop = stop or Stop()  # shared by every part: one request stops them all
         # A source is polled by one worker at a time; the worker id is the lease owner.
         self.leases = Leases(self.db, worker_id, config.schedule.lease_seconds)
         self._configure(config)
@@ -178,7 +217,7 @@ class Worker:
 
     def _configure(self, config: Config) -> None:
         """Build what depends on the config (at start, and again at a reload)."""
-        alerter = Alerter(config, make_transport(config))
+        alerter = Alerter(config, make_transport(config), self.db)
         previous: Pipeline | None = getattr(self, "pipeline", None)
         if previous is not None and previous.config.classifier == config.classifier:
             classifier = previous.classifier  # the loaded model, and the problems already told
@@ -189,12 +228,12 @@ class Worker:
         # Each part is swapped whole: jobs already running finish with what they started with.
         self.registry = classifier.registry
         self.alerter = alerter
-        self.pipeline = Pipeline(self.db, config, Router(config), classifier)
+        self.pipeline = Pipeline(self.db, config, Router(config), classifier, self.stop)
         self.pipeline.fence = self.leases.fence
         self.pipeline.on_queued = self._forwards_queued
-        self.pipeline.preparer = _preparer(previous, config.schedule.parse_workers)
+        self.pipeline.preparer = _preparer(previous, config.schedule.parse_workers, self.stop)
         self.leases.ttl = config.schedule.lease_seconds
-        self.forwarder = Forwarder(self.db, config, make_transport(config))
+        self.forwarder = Forwarder(self.db, config, make_transport(config), self.stop)
         # Replies of departments: their mailbox is handled by the corrections stage.
         self.corrections = (
             Corrections(config, make_transport(config)) if config.corrections else None
@@ -268,8 +307,8 @@ class Worker:
 
     def poll_if_due(self, name: str) -> PollResult | None:
         """The scheduled poll: a failing source waits out its backoff; others are not held up."""
-        if all(source.name != name for source in self.config.sources):
-            return None  # removed by a reload while this run was due
+        if self.stop.is_set() or all(source.name != name for source in self.config.sources):
+            return None  # stopping, or removed by a reload while this run was due
         source = self.config.source(name)
         interval = source.poll_interval or self.config.schedule.poll_interval
         until = self.pipeline.backoff_until(name, interval)
@@ -286,9 +325,20 @@ class Worker:
             self._wake(OUTBOX_JOB)
 
     def flush_outbox(self) -> FlushResult:
-        """Deliver what is due; one flush at a time in this process."""
+        """One pass over the due forwards; one flush at a time in this process."""
         with self._flush_lock:
-            return self.forwarder.flush()
+            result = self.forwarder.flush()
+        if result.sent:  # the way out works: alerts it failed before go now
+            self.alerter.retry_unsent()
+        return result
+
+    def drain_outbox(self) -> FlushResult:
+        """Deliver everything deliverable now, pass after pass (``run --once``, ``poll``)."""
+        with self._flush_lock:
+            result = self.forwarder.drain()
+        if result.sent:
+            self.alerter.retry_unsent()
+        return result
 
     def check_stale(self) -> None:
         """Alert on sources without a successful poll within [alerts] stale_after_minutes."""
@@ -305,23 +355,52 @@ class Worker:
         return count
 
     def run_once(self) -> PassResult:
-        """Poll every source once, then flush the outbox.
+        """Poll every source once, then deliver every forward that can go now.
 
         Forwards go out on a thread of their own while later batches are read: a department
         need not wait for the end of a first poll of a large mailbox, and delivering (waiting on
-        the mail server and the database) overlaps with parsing.
+        the mail server and the database) overlaps with parsing. The result says which of the
+        forwards queued since the pass began are not delivered, and why.
         """
+        began = _now()
         result = PassResult()
         freeze_long_lived()
         self._background_flush = BackgroundFlush(self.flush_outbox)
         self._background_flush.start()
         try:
             for source in self.config.sources:
+                if self.stop.is_set():
+                    self.stop.note(f"{source.name}: not polled")
+                    continue
                 result.polls.append(self.poll(source.name))
         finally:
             during, self._background_flush = self._background_flush.stop(), None
-        result.outbox = during + self.flush_outbox()
+        return self.finish(result, during, began)
+
+    def finish(self, result: PassResult, during: FlushResult, began: datetime) -> PassResult:
+        """Drain the outbox after a pass's polls and fill in what it left undelivered."""
+        result.outbox = during + self.drain_outbox()
+        result.left = self.forwarder.undelivered_since(began)
+        result.stopped = self.stop.is_set()
         return result
+
+    def close(self) -> None:
+        """Release what this process holds: the parsing processes (reaped), the leases of
+        sources it was polling, the database connections."""
+        self._stop_watchers()
+        self.pipeline.preparer.close()
+        stop_helpers()
+        self.leases.release_all()
+        self.db.dispose()
+
+    def cold_stop(self, code: int) -> None:
+        """A second stop request: end now, with the children, without waiting for the work in
+        hand (nothing is lost: uncommitted batches are read again, unsent forwards stay queued).
+        Safe in a signal handler: it takes no lock."""
+        killed = kill_descendants()
+        log.warning("stopped without waiting (%d child process(es) killed)", killed)
+        logging.shutdown()
+        os._exit(code)
 
     def serve(self) -> None:
         """Run the jobs on their schedules until SIGTERM/SIGINT; SIGHUP re-reads the config."""
@@ -337,7 +416,9 @@ class Worker:
         self._scheduler = scheduler
         self._wakes = Wakes(scheduler)
         self._sync_jobs()
-        scheduler.add_job(self.check_stale, "interval", minutes=1, id=STALE_JOB)
+        scheduler.add_job(
+            self._wakes.job(STALE_JOB, self.check_stale), "interval", minutes=1, id=STALE_JOB
+        )
         if ping:
             scheduler.add_job(
                 notify.watchdog, "interval", seconds=ping, id=WATCHDOG_JOB, executor=WATCHDOG_JOB
@@ -345,48 +426,55 @@ class Worker:
         scheduler.add_listener(
             _log_job_problem, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
         )
-        stop, reload, woken = threading.Event(), threading.Event(), threading.Event()
-
-        def request_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info(
-                "%s received: finishing the batch in hand, then stopping",
-                signal.Signals(signum).name,
-            )
-            stop.set()
-            woken.set()
+        reload, woken = threading.Event(), threading.Event()
+        self.stop.on_request = woken.set
 
         def request_reload(_signum: int, _frame: FrameType | None) -> None:
             reload.set()
             woken.set()
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGHUP, request_reload)
-        scheduler.start()
-        self._sync_watchers()
-        site = web.start(lambda: self.config, self.db, self._started)
-        log.info(
-            "worker started: %d source(s), %d watched with IMAP IDLE, outbox every %g s",
-            len(self.config.sources),
-            len(self._watchers),
-            self.config.schedule.outbox_interval,
-        )
-        notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
-        freeze_long_lived()
-        while not stop.is_set():
-            woken.wait()
-            woken.clear()
-            if reload.is_set() and not stop.is_set():
-                reload.clear()
-                self._reload_now()
+        with on_signals(self.stop, cold=lambda: self.cold_stop(1)):
+            signal.signal(signal.SIGHUP, request_reload)
+            scheduler.start()
+            self._sync_watchers()
+            site = web.start(lambda: self.config, self.db, self._started)
+            log.info(
+                "worker started: %d source(s), %d watched with IMAP IDLE, outbox every %g s",
+                len(self.config.sources),
+                len(self._watchers),
+                self.config.schedule.outbox_interval,
+            )
+            notify.notify("READY=1", f"STATUS=polling {len(self.config.sources)} source(s)")
+            freeze_long_lived()
+            while not self.stop.is_set():
+                woken.wait()
+                woken.clear()
+                if reload.is_set() and not self.stop.is_set():
+                    reload.clear()
+                    self._reload_now()
+            self._shut_down(scheduler, site)
+
+    def _shut_down(self, scheduler: BackgroundScheduler, site: web.WebServer | None) -> None:
+        """The daemon's stop: no new job starts, the ones in hand end (promptly: they look at
+        the stop request), then everything this process holds is released."""
         notify.notify("STOPPING=1")
+        assert self._wakes is not None
+        self._wakes.close()  # before the shutdown, which holds the lock a wake-up would wait for
+        scheduler.shutdown(wait=False)  # the jobs in hand are waited for below, with a limit
         if site is not None:
             site.close()
         self._stop_watchers()
-        scheduler.shutdown(wait=True)
-        self.pipeline.preparer.close()
-        self.db.dispose()
-        log.info("worker stopped")
+        running = self._wakes.wait_idle(STOP_GRACE_SECONDS)
+        if running:
+            log.error(
+                "still running %g s after the stop request: %s; stopping without them",
+                STOP_GRACE_SECONDS,
+                ", ".join(running),
+            )
+            self.leases.release_all()
+            self.cold_stop(1)
+        self.close()
+        log.info("worker %s", self.stop.summary())
 
     def _reload_now(self) -> None:
         notify.reloading()
@@ -477,12 +565,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _preparer(previous: Pipeline | None, processes: int) -> Preparer:
+def _preparer(previous: Pipeline | None, processes: int, stop: Stop) -> Preparer:
     """Keep the running worker processes across a reload unless their number changed (an
     old pool ends when the polls still using it are done and it is garbage)."""
     if previous is not None and previous.preparer.processes == processes:
         return previous.preparer
-    return Preparer(processes)
+    return Preparer(processes, stop)
 
 
 def _log_job_problem(event: JobExecutionEvent) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from triage.alerts import unsent_alerts
 from triage.config import Config
 from triage.errors import NoActiveModel
 from triage.pipeline import Pipeline
@@ -205,6 +206,27 @@ def stuck_forwards(db: Database, after_failures: int) -> str | None:
     )
 
 
+def delivery_problems(config: Config, db: Database, box: Outbox | None = None) -> list[str]:
+    """What goes wrong on the way out, one sentence each: forwards failed for good or stuck
+    retrying, and alerts that could not be mailed (the admin may never have received them)."""
+    box = box or outbox(db)
+    problems = []
+    if box.failed:
+        problems.append(
+            f"outbox: {box.failed} forward(s) failed for good; "
+            "see `triage outbox list --status failed`"
+        )
+    if stuck := stuck_forwards(db, config.alerts.after_failures):
+        problems.append(stuck)
+    if unsent := unsent_alerts(db):
+        latest = unsent[0]
+        problems.append(
+            f"alerts: {len(unsent)} alert(s) to {config.alerts.email} could not be mailed "
+            f"(retried when forwards go out again); the latest, {latest.subject!r}: {latest.error}"
+        )
+    return problems
+
+
 def message_counts(db: Database) -> tuple[int, int]:
     """(quarantined, sent to review) messages."""
     with db.session() as session:
@@ -246,13 +268,7 @@ def collect(
     quarantined, review = message_counts(db)
     model = model_state(config, db, load=load_model)
     problems = [p for s in sources if (p := s.problem(config.alerts.stale_after_minutes))]
-    if box.failed:
-        problems.append(
-            f"outbox: {box.failed} forward(s) failed for good; "
-            "see `triage outbox list --status failed`"
-        )
-    if stuck := stuck_forwards(db, config.alerts.after_failures):
-        problems.append(stuck)
+    problems.extend(delivery_problems(config, db, box))
     if model.usable is False or model.version is None:
         problems.append(f"model: {model.problem}")
     elif (row := active_model_row(db)) is not None:

@@ -38,15 +38,18 @@ class Site:
         self.registry = metrics.registry_for(config, db, started)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when the database answers and every source polled within its window."""
+        """Healthy when the database answers, every source polled within its window, and
+        nothing fails on the way out (forwards failed or stuck retrying, alerts not mailed)."""
         config = self.config()
         try:
             sources = status.source_health(config, self.db, started=self.started)
+            outgoing = status.delivery_problems(config, self.db)
         except Exception as exc:  # any driver or schema error: the store does not answer
             log.warning("healthz: the database does not answer: %s", exc)
             reason = f"the database does not answer: {exc.__class__.__name__}"
             return False, {"status": "unhealthy", "reasons": [reason]}
         reasons = [p for s in sources if (p := s.problem(config.alerts.stale_after_minutes))]
+        reasons.extend(outgoing)
         body: dict[str, Any] = {
             "status": "unhealthy" if reasons else "ok",
             "sources": {

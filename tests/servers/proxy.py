@@ -1,5 +1,6 @@
 """A TCP proxy on loopback that misbehaves on purpose: drops a connection after N bytes from the
-server, or delays every chunk, so tests see what a flaky network does to a real IMAP session."""
+server, holds back what follows N bytes (a server stalled mid-response), or delays every chunk,
+so tests see what a flaky network does to a real IMAP session."""
 
 from __future__ import annotations
 
@@ -13,20 +14,33 @@ from tests.servers.dovecot import free_port
 
 class FaultyProxy:
     """Forwards 127.0.0.1:``port`` to ``target``. ``drop_after`` bytes from the server end the
-    connection (once per setting); ``delay`` seconds are added before each server chunk."""
+    connection (once per setting); after ``hold_after`` bytes the server's data stops coming
+    (``holding`` is set) until the proxy closes; ``delay`` seconds are added before each server
+    chunk."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.drop_after: int | None = None
+        self.hold_after: int | None = None
+        self.holding = threading.Event()
         self.delay = 0.0
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.2)
         self._stop = threading.Event()
+        self._open: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
+    def cut(self) -> None:
+        """Close every connection open now, as a server restart or a NAT timeout would."""
+        for end in self._open:
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
+
     def close(self) -> None:
+        self.cut()
         self._stop.set()
         self._thread.join(5)
         self._listener.close()
@@ -40,6 +54,7 @@ class FaultyProxy:
             except OSError:
                 return
             server = socket.create_connection(self.target)
+            self._open += [client, server]
             threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
 
@@ -56,6 +71,15 @@ class FaultyProxy:
                 ):
                     sink.sendall(chunk[: self.drop_after - sent])
                     self.drop_after = None
+                    break
+                if (
+                    from_server
+                    and self.hold_after is not None
+                    and sent + len(chunk) > self.hold_after
+                ):
+                    sink.sendall(chunk[: self.hold_after - sent])
+                    self.holding.set()
+                    self._stop.wait()  # the rest never comes; the client must give up by itself
                     break
                 sink.sendall(chunk)
                 sent += len(chunk)

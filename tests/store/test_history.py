@@ -89,3 +89,51 @@ def test_a_conversation_created_by_a_racing_worker_is_found(postgres_url: str) -
     racing.join(10)
     db.dispose()
     assert answers == [created]
+
+
+def _request(source: str, key: str, status: str = "classified") -> dict[str, object]:
+    return {
+        "source": source, "source_id": f"{source}:1", "content_key": key, "raw": b"x",
+        "subject": "", "channel": "email", "status": status, "received_at": utcnow(),
+    }  # fmt: skip
+
+
+def test_one_request_per_content_key_across_sources_even_when_two_pollers_race(
+    db: Database,
+) -> None:
+    """Poller B stores the mail poller A stores from another source, A's transaction still
+    open: B's INSERT waits for A (a row lock on PostgreSQL, the write lock on SQLite), then the
+    database refuses B's copy: None, not an error and not a second request."""
+    answers: list[list[int | None]] = []
+
+    def race() -> None:
+        with db.transaction() as session:
+            answers.append(history.insert_messages(session, [_request("billing-box", "k1")]))
+
+    with db.transaction() as first:
+        (kept,) = history.insert_messages(first, [_request("support-box", "k1")])
+        racing = threading.Thread(target=race)
+        racing.start()
+        racing.join(0.5)
+        assert racing.is_alive()  # waiting for the first poller's commit
+    racing.join(30)
+    assert answers == [[None]]
+    with db.session() as session:
+        assert session.scalars(select(Message.id)).all() == [kept]
+
+
+def test_the_unique_key_binds_requests_only(db: Database) -> None:
+    """Quarantined mail and department replies are not requests: a copy of them elsewhere is
+    stored, and a request is stored beside them; within one source every row is unique."""
+    with db.transaction() as session:
+        ids = history.insert_messages(
+            session,
+            [
+                _request("a", "k", "quarantined"),
+                _request("b", "k", "reply"),
+                _request("c", "k"),
+                _request("d", "k"),  # a second request with the same key
+                _request("a", "k"),  # the same source and key as a stored row
+            ],
+        )
+    assert [id_ is not None for id_ in ids] == [True, True, True, False, False]

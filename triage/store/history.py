@@ -154,14 +154,17 @@ def conversation_ids(
     return {key: id_ for key, (id_, _) in found.items()}
 
 
-def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert messages in one statement; returns their ids in the order of ``rows``."""
+def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[int | None]:
+    """Insert messages in one statement; returns their ids in the order of ``rows``, None for
+    a row the database refused as a copy of a request stored meanwhile (another poller of
+    another source committed the same mail first: it is a duplicate, not an error)."""
     if not rows:
         return []
     table = Message.table()
     if session.get_bind().dialect.name == "postgresql":
         # Ids drawn from the sequence first, then one pipelined executemany: a multi-row
         # INSERT ... RETURNING is a new SQL text per batch size, which psycopg parses anew.
+        # A row that waits on another transaction's copy is skipped once that one commits.
         sequence = func.pg_get_serial_sequence(table.name, "id")
         ids = list(
             session.scalars(
@@ -169,15 +172,19 @@ def insert_messages(session: Session, rows: Sequence[dict[str, Any]]) -> list[in
             )
         )
         session.connection().execute(
-            insert(table), [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)]
+            _insert_ignoring_conflicts(session, table),
+            [{**row, "id": id_} for row, id_ in zip(rows, ids, strict=True)],
         )
-        return ids
+        kept = set(session.scalars(select(table.c.id).where(table.c.id.in_(ids))))
+        return [id_ if id_ in kept else None for id_ in ids]
     # RETURNING rows come in no promised order, and asking SQLAlchemy to sort them makes it send
     # one INSERT per row; so the ids are matched back by each row's unique (source, content_key).
-    statement = insert(table).returning(table.c.id, table.c.source, table.c.content_key)
+    statement = _insert_ignoring_conflicts(session, table).returning(
+        table.c.id, table.c.source, table.c.content_key
+    )
     result = session.connection().execute(statement, rows)
     new_ids = {(source, key): id_ for id_, source, key in result}
-    return [new_ids[row["source"], row["content_key"]] for row in rows]
+    return [new_ids.pop((row["source"], row["content_key"]), None) for row in rows]
 
 
 _LABEL_COLUMNS = ("message_id", "axis", "label", "confidence", "model_version")

@@ -84,6 +84,16 @@ class Leases:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
+    def release_all(self) -> None:
+        """Give back every lease this worker holds (at its stop: a poll cut short may not
+        have reached its own release)."""
+        with self.db.transaction() as session:
+            session.execute(
+                update(SourceState)
+                .where(SourceState.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
     def holder(self, source: str) -> str | None:
         """Who holds the lease of ``source`` now (None: free or expired)."""
         with self.db.session() as session:

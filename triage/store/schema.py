@@ -1,7 +1,9 @@
 """The history store's tables (SQLAlchemy 2 declarative, the same on SQLite and PostgreSQL).
 
-Uniqueness carries the worker's guarantees: a message is unique per (source, sha256 of its raw
-bytes), so a replayed batch or a re-read folder is absorbed; a forward is unique per (message,
+Uniqueness carries the worker's guarantees: a message is unique per (source, content key), so a
+replayed batch or a re-read folder is absorbed, and a customer's request (an intake row) is
+unique per content key across sources, so one mail sent to two support addresses is one request
+even when two pollers store it at the same instant; a forward is unique per (message,
 department) and carries a Message-ID fixed at enqueue time, so a re-send can be collapsed.
 """
 
@@ -25,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -104,14 +107,32 @@ class Conversation(Base):
     last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def channel_key(channel: str, post_kind: str | None) -> str:
+    """A channel as counts and rules name it: "email", "x:mention", "telegram:dm"."""
+    return f"{channel}:{post_kind}" if post_kind else channel
+
+
+INTAKE_STATUSES = ("stored", "classified")
+"""The statuses of a customer's request; quarantined mail and department replies are not."""
+
+_INTAKE = text("status IN ({})".format(", ".join(f"'{status}'" for status in INTAKE_STATUSES)))
+
+
 class Message(Base):
     """One inbound item with its raw bytes (kept forever), its text and what became of it."""
 
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("source", "content_key"),
-        # One mail sent to several support addresses (several sources) is one request.
-        Index("ix_messages_content_key", "content_key"),
+        # One mail sent to several support addresses (several sources) is one request: the
+        # database refuses a second, whichever poller commits it (INSERT ... ON CONFLICT).
+        Index(
+            "ux_messages_intake_content_key",
+            "content_key",
+            unique=True,
+            sqlite_where=_INTAKE,
+            postgresql_where=_INTAKE,
+        ),
         Index("ix_messages_customer_received", "customer_id", "received_at"),
         Index("ix_messages_status", "status"),
     )
@@ -121,6 +142,8 @@ class Message(Base):
     source_id: Mapped[str] = mapped_column(String(512))
     content_key: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(32), default="email")
+    # A post's kind on its channel ("mention", "dm", ...); None for mail.
+    post_kind: Mapped[str | None] = mapped_column(String(16))
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
     header_message_id: Mapped[str | None] = mapped_column(String(998))
@@ -258,3 +281,18 @@ class Label(Base):
     model_label: Mapped[str | None] = mapped_column(String(128))
     model_confidence: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class Alert(Base):
+    """An alert to the admin and whether it could be mailed: one that could not is shown by
+    `triage status` and the status page, since the mail server that failed it may be the
+    very problem it reports."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime | None]  # None: not mailed (no address set, or it failed)
+    error: Mapped[str | None] = mapped_column(Text)  # why it could not be mailed
