@@ -8,6 +8,7 @@ import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
+from triage.decide.route import Disposition, Route, reason, route_columns
 from triage.store.database import Database
 from triage.store.schema import (
     Alert,
@@ -30,7 +31,7 @@ def message(
     sender: str = "olena@example.com",
     received_at: datetime | None = None,
     labels: dict[str, str] | None = None,
-    routing: str = "",
+    route: Route | None = None,
     status: str = "stored",
     channel: str = "email",
     post_kind: str | None = None,
@@ -52,7 +53,7 @@ def message(
             text="text",
             received_at=received_at or utcnow(),
             status=status,
-            routing=routing,
+            **(route_columns(route) if route else {}),
             raw=b"raw",
             channel=channel,
             post_kind=post_kind,
@@ -66,6 +67,12 @@ def message(
                 )
             )
         return row.id
+
+
+def review_route(label: str = "billing", confidence: float = 0.31) -> Route:
+    """A route to review for low confidence, as the router decides it."""
+    why = reason("low_confidence", label=label, confidence=confidence)
+    return Route(Disposition.REVIEW, (why,), "review")
 
 
 def forward(

@@ -19,6 +19,7 @@ from tests.servers.smtp import SmtpServer
 from triage.corrections import parse_commands
 from triage.errors import ConfigError
 from triage.scheduler import Worker
+from triage.store import queries
 from triage.store.schema import Forward, Label, Message
 
 PASSWORD_ENV = "TRIAGE_CORRECTIONS_IMAP_PASSWORD"
@@ -132,9 +133,9 @@ def test_wrong_area_reroutes_records_and_acknowledges(
     text = ack.get_body(("plain",)).get_content()
     assert "area = delivery (the model said billing)" in text and "re-routed to logistics" in text
     with worker.db.session() as session:
-        original = session.get(Message, label.message_id)
-        assert original is not None and "forwarded to logistics" in original.routing
-        assert "corrected by billing@dept.test" in original.routing
+        assert queries.why(session, label.message_id) == (
+            "forwarded to logistics (owns delivery); corrected by billing@dept.test"
+        )
 
     worker.run_once()  # nothing is done twice; our acknowledgement never loops
     assert len(labels(worker)) == 1 and len(smtp_server.messages) == 3
@@ -158,8 +159,11 @@ def test_not_ours_without_an_area_goes_to_review(
     assert labels(worker) == []
     assert forwards(worker) == [("billing", "sent"), ("review", "sent")]
     with worker.db.session() as session:
-        routed = session.scalars(select(Message.routing).where(Message.status != "reply")).one()
-    assert routed.startswith("sent to review (billing@dept.test says: not ours)")
+        routed = session.scalars(select(Message).where(Message.status != "reply")).one()
+        assert routed.disposition == "review"
+        assert queries.why(session, routed.id) == (
+            "sent to review (billing@dept.test says: not ours); corrected by billing@dept.test"
+        )
 
 
 def test_stranger_reply_does_nothing(
@@ -191,7 +195,8 @@ def test_reply_to_no_forward_is_ignored_and_logged(
     assert "answers no forward of ours" in caplog.text
     with worker.db.session() as session:
         stored = session.scalars(select(Message).where(Message.status == "reply")).one()
-    assert stored.routing.startswith("ignored: it answers no forward")
+        assert stored.disposition == "ignored"
+        assert (queries.why(session, stored.id) or "").startswith("ignored: it answers no forward")
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,8 @@ def test_mailbox_to_department(worker_for, dovecot: DovecotServer, smtp_server: 
         assert session.scalar(select(func.count()).select_from(Classification)) == 15
         assert session.scalar(select(func.count()).select_from(Customer)) == 3
         bot = session.scalars(select(Message).where(Message.auto_reason.is_not(None))).one()
-        assert "machine-sent" in bot.routing
+        assert bot.disposition == "machine"
+        assert bot.reasons[0]["code"] == "machine_sent"
 
     second = worker.run_once()
     assert second.polls[0].count("stored") == 0 and second.outbox.sent == 0

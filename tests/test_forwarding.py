@@ -89,7 +89,8 @@ def queue_forward(db: Database, *, urgent: bool = True) -> int:
             to_addrs=["billing@dept.test"],
             cc_addrs=["duty@dept.test"] if urgent else [],
             urgent=urgent,
-            reason="forwarded to billing (owns billing)",
+            disposition="forwarded",
+            reasons=[{"code": "owns_area", "area": "billing"}],
             rfc_message_id="<triage.1@shop.test>",
         )
         session.add(forward)

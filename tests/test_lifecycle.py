@@ -19,6 +19,7 @@ from triage import lifecycle
 from triage.cli import main
 from triage.registry import ModelRegistry
 from triage.scheduler import Worker
+from triage.store import queries
 from triage.store.database import Database
 from triage.store.schema import Label, ModelActivation
 
@@ -279,15 +280,21 @@ def reviewed(tmp_path: Path, tiny_model: tuple[Classifier, Path]) -> Worker:
     return worker
 
 
+def review_queue(worker: Worker) -> list[queries.ReviewRow]:
+    with worker.db.session() as session:
+        return queries.review_queue(session)
+
+
 def test_review_lists_messages_sent_to_review_and_labels_keep_the_models_guess(
     reviewed: Worker,
 ) -> None:
-    queue = lifecycle.review_queue(reviewed.db)
+    with reviewed.db.session() as session:
+        queue = queries.review_queue(session)
     assert len(queue) == 3
     assert all(item.routing.startswith("sent to review") for item in queue)
     complaint = next(i for i in queue if i.subject == tiny_text("complaint", "billing")[0])
-    guess, confidence = complaint.guesses["kind"]
-    assert guess == "complaint" and 0 < confidence < 1
+    guess = complaint.guesses["kind"]
+    assert guess.label == "complaint" and 0 < guess.confidence < 1
 
     recorded = lifecycle.record_labels(reviewed.db, complaint.id, {"kind": "feedback"}, "lead")
     lifecycle.record_labels(
@@ -295,23 +302,24 @@ def test_review_lists_messages_sent_to_review_and_labels_keep_the_models_guess(
     )
 
     assert recorded[0].model_label == "complaint"
-    labels = lifecycle.current_labels(reviewed.db)[complaint.id]
-    assert {axis: label.label for axis, label in labels.items()} == {
-        "kind": "question",
-        "area": "billing",
-    }
-    assert labels["kind"].labelled_by == "boss" and labels["kind"].model_label == "complaint"
     with reviewed.db.session() as session:
+        assert queries.human_labels(session)[complaint.id] == {
+            "kind": "question",
+            "area": "billing",
+        }
+        kind = session.scalars(
+            select(Label).where(Label.axis == "kind").order_by(Label.id.desc())
+        ).first()
+        assert kind is not None and (kind.labelled_by, kind.model_label) == ("boss", "complaint")
         assert session.query(Label).count() == 3  # the superseded label is kept
-    assert {i.id for i in lifecycle.review_queue(reviewed.db, unlabelled_only=True)} == {
-        i.id for i in queue if i.id != complaint.id
-    }
+        unlabelled = queries.review_queue(session, unlabelled_only=True)
+    assert {i.id for i in unlabelled} == {i.id for i in queue if i.id != complaint.id}
     with pytest.raises(lifecycle.UnknownMessage, match="no message 999"):
         lifecycle.record_labels(reviewed.db, 999, {"kind": "spam"}, "lead")
 
 
 def test_a_correction_changes_the_next_models_prediction(reviewed: Worker, tmp_path: Path) -> None:
-    message = next(i for i in lifecycle.review_queue(reviewed.db) if i.subject == "Gift wrapping")
+    message = next(i for i in review_queue(reviewed) if i.subject == "Gift wrapping")
     base = lifecycle.DataSpec((write_rows(tmp_path / "base.csv", tiny_rows()),), ("text",), AXES)
     before = lifecycle.train_candidate(base, db=reviewed.db, holdout=0).classifier
     with reviewed.db.session() as session:
@@ -346,7 +354,7 @@ def test_label_and_review_from_the_cli(
     code, out, err = run(capsys, monkeypatch, config, "review")
     assert code == 0, err
     assert "Gift wrapping" in out and "3 message(s)" in out
-    target = lifecycle.review_queue(reviewed.db)[0]
+    target = review_queue(reviewed)[0]
 
     code, out, err = run(
         capsys,

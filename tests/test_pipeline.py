@@ -13,8 +13,8 @@ from connectors.base import RawItem
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
+from triage.decide.route import Disposition, Route
 from triage.pipeline import KEPT_OUTCOMES, Outcome, PollResult, _batched
-from triage.routing import Route
 from triage.scheduler import Worker
 from triage.store.schema import Forward, Message, SourceState, utcnow
 
@@ -52,7 +52,8 @@ def test_oversized_message_is_recorded_and_sent_to_review(
     worker.registry.register(*tiny_model, activate=True)
     [outcome] = worker.run_once().polls[0].outcomes
     assert outcome.route is not None and outcome.route.department == "review"
-    assert "over the size limit" in outcome.route.reason
+    assert outcome.route.disposition == Disposition.REVIEW
+    assert [r.code for r in outcome.route.reasons] == ["oversized"]
     with worker.db.session() as session:
         message = session.scalars(select(Message)).one()
         assert message.truncated and message.size > 5000 and b"zzzz" not in message.raw
@@ -74,7 +75,7 @@ def test_a_body_that_could_not_be_read_is_sent_to_review_not_guessed(
     worker.registry.register(*tiny_model, activate=True)
     [outcome] = worker.run_once().polls[0].outcomes
     assert outcome.route is not None and outcome.route.department == "review"
-    assert "the body could not be read: MIME nesting too deep" in outcome.route.reason
+    assert "the body could not be read: MIME nesting too deep" in outcome.route.explain()
 
 
 def test_without_a_model_messages_are_stored_and_sent_to_review(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_without_a_model_messages_are_stored_and_sent_to_review(tmp_path: Path) 
     [outcome] = worker.run_once().polls[0].outcomes
     assert outcome.status == "stored" and outcome.predictions is None
     assert outcome.route is not None and outcome.route.department == "review"
-    assert "no active model" in outcome.route.reason
+    assert [r.code for r in outcome.route.reasons] == ["no_model"]
 
 
 def test_without_a_model_the_urgency_markers_still_escalate(tmp_path: Path) -> None:
@@ -94,7 +95,8 @@ def test_without_a_model_the_urgency_markers_still_escalate(tmp_path: Path) -> N
     [outcome] = worker.run_once().polls[0].outcomes
     assert outcome.route is not None and outcome.route.department == "review"
     assert outcome.route.urgent and outcome.route.cc_addrs
-    assert "no active model" in outcome.route.reason and "court" in outcome.route.reason
+    assert [r.code for r in outcome.route.reasons] == ["no_model"]
+    assert '"court"' in (outcome.route.because() or "")
 
 
 def test_a_replayed_batch_adds_nothing_twice(
@@ -210,7 +212,7 @@ def test_a_flooding_sender_is_capped(tmp_path: Path, tiny_model: tuple[Classifie
     result = worker.run_once()
     assert result.polls[0].count("stored") == 4
     assert result.outbox.sent == 2
-    reasons = [o.route.reason for o in result.polls[0].outcomes if o.route]
+    reasons = [o.route.explain() for o in result.polls[0].outcomes if o.route]
     assert sum("over 2 forwards from this sender" in reason for reason in reasons) == 2
 
 
@@ -235,7 +237,7 @@ def test_a_tampered_model_never_stops_intake(
 
 def test_a_poll_result_counts_everything_but_keeps_only_the_first_outcomes() -> None:
     result = PollResult("big")
-    route = Route("billing", "forwarded to billing")
+    route = Route(Disposition.FORWARDED, department="billing")
     result.add(Outcome(f"id{i}", "a@b.test", "s", "stored", route=route) for i in range(1200))
     result.add([Outcome("dup", "", "", "duplicate")])
     assert len(result.outcomes) == KEPT_OUTCOMES

@@ -57,7 +57,7 @@ def test_healthy_source_exits_0_and_json_has_the_documented_keys(
 ) -> None:
     config, db = site
     seed.source_state(db, "box", ago=timedelta(minutes=2))
-    message = seed.message(db, labels={"kind": "complaint"}, routing="sent to review (low)")
+    message = seed.message(db, labels={"kind": "complaint"}, route=seed.review_route())
     seed.forward(db, message, "review", status="pending", attempts=2)
 
     text = run_status(config)

@@ -19,16 +19,16 @@ from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from triage.config import Urgency
-from triage.scheduler import Worker
-from triage.urgency import (
+from triage.decide.urgency import (
     RECENT_CONTACTS_COUNTED,
     Assessment,
     assess,
     compiled_markers,
     count_recent,
     is_vip,
-    marker_reasons,
+    marker_signals,
 )
+from triage.scheduler import Worker
 
 NORMAL = Prediction("normal", 0.9)
 URGENT = ("urgent",)
@@ -48,6 +48,11 @@ def judge(
     )
 
 
+def texts(verdict: Assessment) -> tuple[str, ...]:
+    """The signals as the forward's "Urgent because" line reads them."""
+    return tuple(signal.text() for signal in verdict.signals)
+
+
 def test_a_calm_message_keeps_the_models_label() -> None:
     verdict = judge()
     assert verdict == Assessment("normal")
@@ -56,7 +61,7 @@ def test_a_calm_message_keeps_the_models_label() -> None:
 def test_a_legal_threat_escalates_with_the_word_quoted() -> None:
     verdict = judge("I will talk to my lawyer about this")
     assert verdict.label == "urgent" and verdict.escalated
-    assert verdict.reasons == ('threatens legal action ("lawyer")',)
+    assert texts(verdict) == ('threatens legal action ("lawyer")',)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +80,7 @@ def test_a_legal_threat_escalates_with_the_word_quoted() -> None:
 def test_ukrainian_markers(text: str, reason: str) -> None:
     verdict = judge(text)
     assert verdict.label == "urgent"
-    assert verdict.reasons == (reason,)
+    assert texts(verdict) == (reason,)
 
 
 @pytest.mark.parametrize(
@@ -92,8 +97,8 @@ def test_words_that_only_look_like_markers_do_not_escalate(text: str) -> None:
 
 
 def test_markers_of_several_categories_are_each_a_reason() -> None:
-    reasons = marker_reasons("URGENT: the site is down, my lawyer is waiting", Urgency().markers)
-    assert reasons == [
+    found = marker_signals("URGENT: the site is down, my lawyer is waiting", Urgency().markers)
+    assert [signal.text() for signal in found] == [
         'asks for urgency ("urgent")',
         'reports an outage ("down")',
         'threatens legal action ("lawyer")',
@@ -117,7 +122,7 @@ def test_the_quick_check_never_hides_a_marker_the_regex_finds() -> None:
             + rng.choice(["", "!", " now", "y"])
         )
         by_regex = bool(compiled_markers(markers)[0].search(text))
-        assert bool(marker_reasons(text, markers)) == by_regex, text
+        assert bool(marker_signals(text, markers)) == by_regex, text
         found += by_regex
     assert found > 500
 
@@ -125,14 +130,14 @@ def test_the_quick_check_never_hides_a_marker_the_regex_finds() -> None:
 def test_markers_are_extendable_per_language() -> None:
     settings = {"markers": {"de": {"urgent": ["dringend"]}, "uk": {"outage": ["лежить сайт"]}}}
     assert judge("Bitte dringend antworten", **settings).escalated
-    assert judge("У вас лежить сайт", **settings).reasons == ('reports an outage ("лежить сайт")',)
+    assert texts(judge("У вас лежить сайт", **settings)) == ('reports an outage ("лежить сайт")',)
     assert judge("терміново", **settings).escalated  # the built-in uk categories stay
     assert not judge("не працює взагалі", **settings).escalated  # the replaced one is gone
 
 
 def test_a_vip_escalates() -> None:
     verdict = judge(sender="ceo@bigclient.example", vip=["CEO@bigclient.example"])
-    assert verdict.escalated and verdict.reasons == ("VIP customer (ceo@bigclient.example)",)
+    assert verdict.escalated and texts(verdict) == ("VIP customer (ceo@bigclient.example)",)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +158,7 @@ def test_the_third_contact_about_an_area_escalates() -> None:
     assert not judge(recent=1).escalated
     verdict = judge(recent=2)
     assert verdict.escalated
-    assert verdict.reasons == ("contact no. 3 about delivery within 7 days",)
+    assert texts(verdict) == ("contact no. 3 about delivery within 7 days",)
     assert not judge(recent=2, repeat_contacts=4).escalated
 
 
@@ -181,7 +186,7 @@ def test_an_escalated_channel() -> None:
 def test_the_models_own_urgency_is_a_reason_next_to_the_signals() -> None:
     verdict = judge("asap please", prediction=Prediction("urgent", 0.83))
     assert verdict.label == "urgent" and not verdict.escalated
-    assert verdict.reasons == ("the model rates the text urgent (83%)", 'asks for urgency ("asap")')
+    assert texts(verdict) == ("the model rates the text urgent (83%)", 'asks for urgency ("asap")')
 
 
 def test_no_urgent_label_configured_means_no_escalation() -> None:
@@ -261,7 +266,7 @@ def test_the_third_contact_in_a_week_about_the_same_area_escalates(
     assert routes["second"] is not None and not routes["second"].urgent
     third = routes["third"]
     assert third is not None and third.urgent
-    assert "Urgent because: contact no. 3 about delivery within 7 days" in third.reason
+    assert third.because() == "Urgent because: contact no. 3 about delivery within 7 days"
 
 
 def test_a_busy_senders_history_is_read_bounded_and_the_reason_says_so(
@@ -279,4 +284,6 @@ def test_a_busy_senders_history_is_read_bounded_and_the_reason_says_so(
     deliver(box, "last.m", make_email("once more", tiny_text("complaint", "delivery")[1]))
     [last] = [o for o in worker.run_once().polls[0].outcomes if o.status == "stored"]
     assert last.route is not None and last.route.urgent
-    assert f"contact no. {RECENT_CONTACTS_COUNTED + 1} or later about delivery" in last.route.reason
+    assert f"contact no. {RECENT_CONTACTS_COUNTED + 1} or later about delivery" in (
+        last.route.because() or ""
+    )

@@ -60,9 +60,7 @@ def populate(db: Database) -> None:
             labels=labels,
             status="classified",
             received_at=utcnow() - timedelta(hours=n),
-            routing="sent to review (low confidence: area billing 0.31)"
-            if department == "review"
-            else f"forwarded to {department}",
+            route=seed.review_route() if department == "review" else None,
         )
         seed.forward(db, message, department, status=state, attempts=attempts)
     seed.message(db, status="quarantined", sender="broken@example.com")

@@ -67,7 +67,7 @@ def populate(db: Database) -> None:
         subject=XSS,
         sender="mallory@example.com",
         labels={"kind": "complaint", "area": "billing", "urgency": "urgent"},
-        routing="sent to review (low confidence: area billing 0.31)",
+        route=seed.review_route(),
     )
     seed.forward(db, review, "review", status="pending", attempts=1)
     seed.message(db, source="other", status="quarantined")
@@ -234,7 +234,7 @@ def test_page_renders_in_headless_chromium(
         assert heading in dom
     assert dom.count('<svg class="chart"') == 2 and "<rect" in dom
     assert "billing (3)" in dom and "urgent (2)" in dom  # chart legends with totals
-    assert "mallory@example.com" in dom and "low confidence: area billing 0.31" in dom
+    assert "mallory@example.com" in dom and "low confidence: billing 0.31" in dom
     assert tiny_model[0].version in dom and "precision" in dom
 
     shot = tmp_path / "status-page.png"

@@ -37,6 +37,7 @@ from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
 from triage import __version__, curation, lifecycle, reports, status
 from triage.config import Config, check_secrets, doubts, load_config
+from triage.decide.router import label_gaps
 from triage.errors import StoreError, TriageError
 from triage.forwarding import FlushResult, requeue
 from triage.identities import customer_ids, link
@@ -44,9 +45,9 @@ from triage.pipeline import KEPT_OUTCOMES, PollResult
 from triage.privacy import forget
 from triage.registry import ModelRegistry
 from triage.reports import short, styled
-from triage.routing import label_gaps, review_reason
 from triage.scheduler import PassResult, Worker
 from triage.stopping import on_signals
+from triage.store import queries
 from triage.store.database import Database
 from triage.store.schema import SourceState, utcnow
 
@@ -439,7 +440,7 @@ def _outcome_table(polls: Sequence[PollResult]) -> Table:
             target = route.department if route and route.department else None
             decision = Text.assemble((target, "bold"), "  ") if target else Text()
             if route is not None:
-                decision.append(route.reason, "dim")
+                decision.append(route.explain(), "dim")
             table.add_row(o.sender or "?", short(o.subject, 40), *labels, decision)
     if any(len(p.outcomes) < p.total for p in polls):
         table.caption = f"only the first {KEPT_OUTCOMES} messages of a source are listed"
@@ -920,7 +921,8 @@ def export(ctx: Context, path: Path) -> None:
 def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
     """Messages that went to review, with the model's guesses and their human labels."""
     config = ctx.config()
-    items = lifecycle.review_queue(ctx.database(config), unlabelled_only=unlabelled, limit=limit)
+    with ctx.database(config).session() as session:
+        items = queries.review_queue(session, unlabelled_only=unlabelled, limit=limit)
     if as_json:
         rows = [
             {
@@ -929,7 +931,10 @@ def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
                 "sender": i.sender,
                 "subject": i.subject,
                 "routing": i.routing,
-                "guesses": {a: {"label": g[0], "confidence": g[1]} for a, g in i.guesses.items()},
+                "why": i.why,
+                "guesses": {
+                    a: {"label": g.label, "confidence": g.confidence} for a, g in i.guesses.items()
+                },
                 "labels": i.labels,
             }
             for i in items
@@ -945,8 +950,8 @@ def review(ctx: Context, unlabelled: bool, limit: int, as_json: bool) -> None:
             f"{i.received_at:%Y-%m-%d %H:%M}",
             i.sender,
             short(i.subject, 40),
-            ", ".join(f"{a} {g[0]} {g[1]:.2f}" for a, g in i.guesses.items()) or "-",
-            short(review_reason(i.routing), 50),
+            ", ".join(f"{a} {g.label} {g.confidence:.2f}" for a, g in i.guesses.items()) or "-",
+            short(i.why, 50),
             ", ".join(f"{a} {v}" for a, v in i.labels.items()) or "-",
         )
     out.print(table)

@@ -9,7 +9,7 @@ recorded as human labels (by that address, next to the model's guess, so `triage
 --from-history` learns from it), the message is re-routed to the department that owns the named
 area (a new forward, unique per message and department), and the department gets a short
 acknowledgement once the batch is committed. Every reply is stored as a message with status
-``reply`` whose routing says what became of it, so a re-read mailbox acts on nothing twice.
+``reply`` whose disposition says what became of it, so a re-read mailbox acts on nothing twice.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session
 from classifiers.base import Prediction
 from connectors.base import RawItem
 from triage.config import Config, Department
+from triage.decide.route import Disposition, Reason, Route, reason, route_columns
+from triage.decide.router import MessageFacts, Router
 from triage.forwarding import (
     LOOP_HEADER,
     DeliveryError,
@@ -36,12 +38,12 @@ from triage.forwarding import (
     set_subject,
     text_part,
 )
-from triage.lifecycle import UnknownMessage, add_labels, latest_guesses
+from triage.lifecycle import UnknownMessage, add_labels
 from triage.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.pipeline import Outcome
 from triage.prepare import content_key, raw_key
-from triage.routing import Route, Router
-from triage.store.schema import Forward, Label, Message, utcnow
+from triage.store.queries import current_labels
+from triage.store.schema import Forward, Message, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -195,21 +197,24 @@ class Corrections:
             email = parse_email(item.raw)
         except Exception as exc:  # a poison reply must not block the batch
             log.warning("%s: reply cannot be parsed, ignored: %s", item.source_id, exc)
-            return self._store(session, item, None, f"ignored: cannot be parsed ({exc})")
+            return self._store(session, item, None, _ignored(f"cannot be parsed ({exc})"))
         why, forward, department = self._match(session, email)
         if why is not None:
             log.warning("%s: reply from %s ignored: %s", item.source_id, email.sender_address, why)
-            return self._store(session, item, email, f"ignored: {why}")
+            return self._store(session, item, email, _ignored(why))
         assert forward is not None and department is not None
         text = trim_for_classification(email.body_text) or email.subject
         commands = parse_commands(text)
         if commands.empty:
             log.info("%s: reply from %s has no command", item.source_id, email.sender_address)
-            return self._store(session, item, email, "ignored: no command found")
+            return self._store(session, item, email, _ignored("no command found"))
         decision = self._apply(session, forward, email.sender_address, commands)
         acks.append(self._ack(email, department, forward, decision))
-        summary = f"correction of message {forward.message_id}: " + "; ".join(decision.notes)
-        log.info("%s: %s by %s", item.source_id, summary, email.sender_address)
+        notes = "; ".join(decision.notes)
+        summary = Route(
+            Disposition.CORRECTION, (reason("correction", message=forward.message_id, notes=notes),)
+        )
+        log.info("%s: %s by %s", item.source_id, summary.explain(), email.sender_address)
         return self._store(session, item, email, summary, decision.route)
 
     def _match(
@@ -240,7 +245,7 @@ class Corrections:
             else:
                 labels["area"] = area
         notes.extend(f"not understood: {said!r}" for said in commands.not_understood)
-        current = self._current(session, forward.message_id)
+        current = current_labels(session, forward.message_id)
         review = self._review_reason(commands, labels, current, by)
         try:
             recorded = add_labels(session, forward.message_id, labels, by) if labels else []
@@ -255,7 +260,7 @@ class Corrections:
         if route is not None and route.department:
             notes.append(f"re-routed to {route.department}")
         elif route is not None:
-            notes.append(route.reason)
+            notes.append(route.explain())
         return _Decision(labels, route, notes or ["nothing changed"])
 
     def _area_of_department(self, name: str) -> str | None:
@@ -265,25 +270,14 @@ class Corrections:
                 return department.areas[0]
         return None
 
-    def _current(self, session: Session, message_id: int) -> dict[str, str]:
-        """The message's labels now: the model's guesses, overridden by human labels."""
-        labels = {
-            a: c.label for a, c in latest_guesses(session, [message_id]).get(message_id, {}).items()
-        }
-        for label in session.scalars(
-            select(Label).where(Label.message_id == message_id).order_by(Label.id)
-        ):
-            labels[label.axis] = label.label
-        return labels
-
     def _review_reason(
         self, commands: Commands, labels: Mapping[str, str], current: Mapping[str, str], by: str
-    ) -> str | None:
+    ) -> Reason | None:
         """A correction that says what is wrong but not what is right goes to review."""
         if commands.not_ours and "area" not in labels:
-            return f"{by} says: not ours"
+            return reason("said", by=by, said="not ours")
         if commands.not_kind and "kind" not in labels and current.get("kind") == commands.not_kind:
-            return f"{by} says: not a {commands.not_kind}"
+            return reason("said", by=by, said=f"not a {commands.not_kind}")
         return None
 
     def _reroute(
@@ -291,19 +285,22 @@ class Corrections:
         session: Session,
         forward: Forward,
         labels: Mapping[str, str],
-        review: str | None,
+        review: Reason | None,
         by: str,
     ) -> Route | None:
         """Route again on the corrected labels; queue a forward when another department is due."""
-        if review is not None:
-            route = self.router.review(review)
-        else:
-            route = self.router.route({a: Prediction(v, 1.0) for a, v in labels.items()}, None)
+        facts = MessageFacts(
+            {a: Prediction(v, 1.0) for a, v in labels.items()},
+            review_request=review,
+            corrected_by=by,
+        )
+        route = self.router.decide(facts)
         if route.department == forward.department:
             return None  # it stays where it is
         message = session.get(Message, forward.message_id)
         assert message is not None
-        message.routing = f"{route.reason}; corrected by {by}"
+        for column, value in route_columns(route).items():
+            setattr(message, column, value)
         if route.department and not _forwarded(session, forward.message_id, route.department):
             session.add(
                 Forward(
@@ -345,10 +342,11 @@ class Corrections:
         session: Session,
         item: RawItem,
         email: ParsedEmail | None,
-        routing: str,
+        outcome: Route,
         route: Route | None = None,
     ) -> Outcome:
-        """Keep the reply (its raw bytes and what became of it); replays find it by content."""
+        """Keep the reply (its raw bytes and what became of it: ``outcome``; ``route``, the
+        corrected message's new route, is what the run reports); replays find it by content."""
         session.add(
             Message(
                 source=item.source,
@@ -366,14 +364,16 @@ class Corrections:
                 auto_reason=email.auto_reason if email else None,
                 warnings=list(email.warnings) if email else [],
                 status="reply",
-                routing=routing,
+                **route_columns(outcome),
                 raw=item.raw,
             )
         )
         sender, subject = (email.sender_address, email.subject) if email else ("", "")
-        return Outcome(
-            item.source_id, sender, subject, "stored", None, route or Route(None, routing)
-        )
+        return Outcome(item.source_id, sender, subject, "stored", None, route or outcome)
+
+
+def _ignored(why: str) -> Route:
+    return Route(Disposition.IGNORED, (reason("ignored", why=why),))
 
 
 def _forwarded(session: Session, message_id: int, department: str) -> bool:

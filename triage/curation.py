@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session
 
 from classifiers.datasets import JSONL_SUFFIXES
 from triage.errors import TriageError
-from triage.lifecycle import UnknownMessage, Vocabulary, add_labels, latest_guesses
-from triage.routing import REVIEW_PREFIX
+from triage.lifecycle import UnknownMessage, Vocabulary, add_labels
 from triage.store.database import Database
+from triage.store.queries import IN_REVIEW, human_labels, model_labels
 from triage.store.schema import Classification, Label, Message, channel_key
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ def _inert(row: dict[str, Any]) -> dict[str, Any]:
 def _export_rows(db: Database) -> Iterator[dict[str, Any]]:
     with db.session() as session:
         ids = _labelled_ids(session)
-        guesses = latest_guesses(session, ids)
-        humans = _human_labels(session, ids)
+        guesses = model_labels(session, ids)
+        humans = human_labels(session, ids)
         for message in session.scalars(
             select(Message).where(Message.id.in_(ids)).order_by(Message.id)
         ):
@@ -148,23 +148,13 @@ def _labelled_ids(session: Session) -> list[int]:
         session.scalars(
             select(Message.id)
             .where(
-                Message.id.in_(select(labelled)) | Message.routing.startswith(REVIEW_PREFIX),
+                Message.id.in_(select(labelled)) | IN_REVIEW,
                 Message.purged_at.is_(None),
             )
             .where(Message.status != "quarantined")
             .order_by(Message.id)
         )
     )
-
-
-def _human_labels(session: Session, ids: list[int]) -> dict[int, dict[str, str]]:
-    latest: dict[int, dict[str, str]] = {}
-    if ids:
-        for label in session.scalars(
-            select(Label).where(Label.message_id.in_(ids)).order_by(Label.id)
-        ):
-            latest.setdefault(label.message_id, {})[label.axis] = label.label
-    return latest
 
 
 # --- import --------------------------------------------------------------------------------
@@ -313,8 +303,8 @@ def _changes(
     session: Session, message_id: int, wanted: Mapping[str, str], source: str
 ) -> tuple[dict[str, str], int]:
     """The labels worth recording, and how many values were left as they are."""
-    human = _human_labels(session, [message_id]).get(message_id, {})
-    model = latest_guesses(session, [message_id]).get(message_id, {})
+    human = human_labels(session, [message_id]).get(message_id, {})
+    model = model_labels(session, [message_id]).get(message_id, {})
     carried_over = source.strip().lower() in ("model", "mixed")
     changes = {}
     for axis, value in wanted.items():

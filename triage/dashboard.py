@@ -21,13 +21,14 @@ from sqlalchemy import func, literal_column, select
 from triage import status
 from triage.alerts import unsent_alerts
 from triage.config import Config
-from triage.routing import REVIEW_PREFIX, review_reason
 from triage.store.database import Database
-from triage.store.schema import Classification, Customer, Forward, Message, utcnow
+from triage.store.queries import review_queue
+from triage.store.schema import Classification, Forward, Message, utcnow
 
 log = logging.getLogger(__name__)
 
 DAYS = 30
+REVIEW_ROWS = 25
 UNCLASSIFIED = "(unclassified)"
 PALETTE = (
     "#4e79a7",
@@ -76,53 +77,6 @@ def daily_volume(db: Database, axis: str, days: int = DAYS) -> dict[date, Counte
     for message_id, when in received.items():
         volume.setdefault(when.date(), Counter())[labels.get(message_id, UNCLASSIFIED)] += 1
     return volume
-
-
-@dataclass(frozen=True, slots=True)
-class ReviewRow:
-    id: int
-    received_at: datetime
-    sender: str
-    subject: str
-    reason: str
-    guesses: dict[str, tuple[str, float]]
-
-
-def review_queue(db: Database, limit: int = 25) -> list[ReviewRow]:
-    """The newest messages sent to review, with the model's latest guesses."""
-    with db.session() as session:
-        rows = session.execute(
-            select(
-                Message.id, Message.received_at, Customer.address, Message.subject, Message.routing
-            )
-            .outerjoin(Customer, Customer.id == Message.customer_id)
-            .where(Message.routing.startswith(REVIEW_PREFIX))
-            .order_by(Message.received_at.desc(), Message.id.desc())
-            .limit(limit)
-        ).all()
-        guesses: dict[int, dict[str, tuple[str, float]]] = defaultdict(dict)
-        for message_id, axis, label, confidence in session.execute(
-            select(
-                Classification.message_id,
-                Classification.axis,
-                Classification.label,
-                Classification.confidence,
-            )
-            .where(Classification.message_id.in_([row.id for row in rows]))
-            .order_by(Classification.id)
-        ):
-            guesses[message_id][axis] = (label, confidence)
-    return [
-        ReviewRow(
-            row.id,
-            row.received_at,
-            row.address or "",
-            row.subject,
-            review_reason(row.routing),
-            guesses.get(row.id, {}),
-        )
-        for row in rows
-    ]
 
 
 def forwards_by_department(db: Database) -> dict[str, dict[str, int]]:
@@ -361,18 +315,18 @@ def _lag(seconds: float | None) -> str:
 
 
 def _review_table(db: Database) -> str:
+    with db.session() as session:
+        queue = review_queue(session, limit=REVIEW_ROWS)
     rows = [
         [
             _e(r.id),
             _e(_when(r.received_at)),
             _e(r.sender),
             _e(r.subject),
-            _e(r.reason),
-            _e(
-                ", ".join(f"{axis} {label} {conf:.2f}" for axis, (label, conf) in r.guesses.items())
-            ),
+            _e(r.why),
+            _e(", ".join(f"{axis} {g.label} {g.confidence:.2f}" for axis, g in r.guesses.items())),
         ]
-        for r in review_queue(db)
+        for r in queue
     ]
     headers = ("id", "received (UTC)", "from", "subject", "why", "model's guesses")
     return _table(headers, rows, "Nothing is waiting for review.")

@@ -34,20 +34,28 @@ from email.policy import Compat32
 from email.utils import format_datetime, make_msgid
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Executable, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session, joinedload
 
 from triage.config import Config, Forwarding, Smtp, resolve_secret
+from triage.decide.route import (
+    Route,
+    explain,
+    reasons_json,
+    reasons_of,
+    signals_json,
+    signals_of,
+    urgent_line,
+)
 from triage.errors import check_named
 from triage.faults import crash_point
 from triage.identities import PERSON_KEY, person_of, same_person
-from triage.routing import Route
 from triage.stopping import Stop
 from triage.store.database import Database
-from triage.store.schema import Classification, Customer, Forward, Message, utcnow
-from triage.urgency import URGENT_BECAUSE
+from triage.store.queries import Guess, model_labels
+from triage.store.schema import Customer, Forward, Message, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +480,9 @@ def outbox_row(message_id: int, route: Route, from_address: str) -> dict[str, An
         "to_addrs": list(route.to_addrs),
         "cc_addrs": list(route.cc_addrs),
         "urgent": route.urgent,
-        "reason": route.reason,
+        "disposition": route.disposition.value,
+        "reasons": reasons_json(route.reasons),
+        "urgent_reasons": signals_json(route.signals),
         "rfc_message_id": make_msgid("triage", domain=from_address.rpartition("@")[2]),
         "status": "pending",
         "attempts": 0,
@@ -494,7 +504,7 @@ def compose_all(
     earlier = [
         _earlier(session, forward.message, settings.history_in_forward) for forward in forwards
     ]
-    labels = _labels_of(
+    labels = model_labels(
         session,
         [
             *(forward.message.id for forward in forwards),
@@ -510,7 +520,7 @@ def compose_all(
 def compose(
     forward: Forward,
     earlier: tuple[int, Sequence[Any]],
-    labels: dict[int, dict[str, _Label]],
+    labels: dict[int, dict[str, Guess]],
     settings: Forwarding,
 ) -> Email:
     """The email a department receives: everything at a glance, the original attached.
@@ -527,7 +537,7 @@ def compose(
     mail["To"] = ", ".join(forward.to_addrs)
     if forward.cc_addrs:
         mail["Cc"] = ", ".join(forward.cc_addrs)
-    set_subject(mail, _subject(message, labels[message.id], forward.urgent))
+    set_subject(mail, _subject(message, labels.get(message.id, {}), forward.urgent))
     mail["Date"] = format_datetime(forward.created_at)
     mail["Message-ID"] = forward.rfc_message_id
     mail[LOOP_HEADER] = forward.department
@@ -538,7 +548,7 @@ def compose(
     if message.header_message_id:
         mail["References"] = message.header_message_id
     summary = _summary(
-        message, labels[message.id], forward, (count, _earlier_lines(recent, labels))
+        message, labels.get(message.id, {}), forward, (count, _earlier_lines(recent, labels))
     )
     mail.attach(text_part(summary))
     if message.channel == "email":
@@ -667,31 +677,7 @@ def as_bytes(message: Email) -> bytes:
     return buffer.getvalue()
 
 
-class _Label(NamedTuple):
-    label: str
-    confidence: float
-
-
-def _labels_of(session: Session, message_ids: list[int]) -> dict[int, dict[str, _Label]]:
-    """Each message's latest label per axis, in one query (columns: no ORM rows to build)."""
-    found: dict[int, dict[str, _Label]] = {id_: {} for id_ in message_ids}
-    if message_ids:
-        rows = session.execute(
-            select(
-                Classification.message_id,
-                Classification.axis,
-                Classification.label,
-                Classification.confidence,
-            )
-            .where(Classification.message_id.in_(message_ids))
-            .order_by(Classification.id)
-        )
-        for message_id, axis, label, confidence in rows:
-            found[message_id][axis] = _Label(label, confidence)
-    return found
-
-
-def _subject(message: Message, labels: dict[str, _Label], urgent: bool) -> str:
+def _subject(message: Message, labels: dict[str, Guess], urgent: bool) -> str:
     tags = "/".join(labels[axis].label for axis in ("kind", "area") if axis in labels)
     prefix = "[URGENT] " if urgent else ""
     # Customer text never reaches a header raw: no CR/LF or other controls, bounded length.
@@ -702,7 +688,7 @@ def _subject(message: Message, labels: dict[str, _Label], urgent: bool) -> str:
 
 def _summary(
     message: Message,
-    labels: dict[str, _Label],
+    labels: dict[str, Guess],
     forward: Forward,
     earlier: tuple[int, list[str]],
 ) -> str:
@@ -721,7 +707,7 @@ def _summary(
             f"{axis.capitalize() + ':':<10} {row.label} ({row.confidence:.0%} confidence)"
             for axis, row in labels.items()
         ),
-        *_routing_lines(forward.reason),
+        *_routing_lines(forward),
         f"Earlier requests from this customer: {earlier[0]}",
         *(f"  - {line}" for line in earlier[1]),
     ]
@@ -733,11 +719,12 @@ def _summary(
     return "\n".join([*lines, "", "-" * 60, f"Subject: {message.subject}", "", body, ""])
 
 
-def _routing_lines(reason: str) -> list[str]:
+def _routing_lines(forward: Forward) -> list[str]:
     """The routing decision, and the reasons for its urgency on a line of their own."""
-    routing, _, because = reason.partition(f". {URGENT_BECAUSE}")
-    lines = [f"Routing:   {routing}"]
-    return [*lines, f"{URGENT_BECAUSE}{because}"] if because else lines
+    routing = explain(forward.disposition, forward.department, reasons_of(forward.reasons),
+                      forward.urgent)  # fmt: skip
+    because = urgent_line(signals_of(forward.urgent_reasons))
+    return [f"Routing:   {routing}", *([because] if because else [])]
 
 
 def _earlier(session: Session, message: Message, limit: int) -> tuple[int, Sequence[Any]]:
@@ -780,11 +767,12 @@ def _earlier_query(linked: bool, limit: int) -> Executable:
     )
 
 
-def _earlier_lines(recent: Sequence[Any], labels: dict[int, dict[str, _Label]]) -> list[str]:
+def _earlier_lines(recent: Sequence[Any], labels: dict[int, dict[str, Guess]]) -> list[str]:
     """One line for each of the latest earlier requests: date, labels, subject."""
     lines = []
     for row in recent:
-        tags = "/".join(labels[row.id][a].label for a in ("kind", "area") if a in labels[row.id])
+        mine = labels.get(row.id, {})
+        tags = "/".join(mine[a].label for a in ("kind", "area") if a in mine)
         lines.append(
             f"{row.received_at:%Y-%m-%d} [{tags or row.status}] {row.subject or '(no subject)'}"
         )

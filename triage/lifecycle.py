@@ -23,7 +23,6 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,11 @@ from classifiers.training import (
     regressions,
     train,
 )
+from triage.decide.router import fold_label
 from triage.errors import TriageError
-from triage.routing import REVIEW_PREFIX, fold_label
 from triage.store.database import Database
-from triage.store.schema import Classification, Customer, Label, Message, ModelVersion
+from triage.store.queries import human_labels, model_labels
+from triage.store.schema import Label, Message, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def add_labels(
             f"message {message_id} is {'quarantined' if message.status == 'quarantined' else 'purged'}"
             "; it has no text to learn from"
         )
-    guesses = latest_guesses(session, [message_id]).get(message_id, {})
+    guesses = model_labels(session, [message_id]).get(message_id, {})
     vocabulary = vocabulary or Vocabulary(session)
     recorded = []
     for axis, typed in labels.items():
@@ -173,7 +173,7 @@ def add_labels(
                 labelled_by=by,
                 model_label=guess.label if guess else None,
                 model_confidence=guess.confidence if guess else None,
-                model_version=guess.model_version if guess else None,
+                model_version=guess.version if guess else None,
             )
         )
         recorded.append(
@@ -189,30 +189,15 @@ def add_labels(
     return recorded
 
 
-def current_labels(
-    db: Database, message_ids: Sequence[int] | None = None
-) -> dict[int, dict[str, Label]]:
-    """Message id to axis to its latest human label (all labelled messages when ids is None)."""
-    with db.session() as session:
-        query = select(Label).order_by(Label.id)
-        if message_ids is not None:
-            query = query.where(Label.message_id.in_(list(message_ids)))
-        latest: dict[int, dict[str, Label]] = {}
-        for label in session.scalars(query):
-            latest.setdefault(label.message_id, {})[label.axis] = label
-        return latest
-
-
 def corrections(db: Database, axes: Sequence[str]) -> LabelledData:
     """Every labelled message as a training row: subject + newline + text, latest labels.
 
     Labels on axes not in `axes` are left out; messages whose text was purged are skipped.
     """
-    latest = current_labels(db)
     texts: list[str] = []
     columns: dict[str, list[str | None]] = {axis: [] for axis in axes}
     with db.session() as session:
-        for message_id, by_axis in sorted(latest.items()):
+        for message_id, by_axis in sorted(human_labels(session).items()):
             message = session.get(Message, message_id)
             if message is None or message.purged_at is not None or not message.text.strip():
                 continue
@@ -220,75 +205,8 @@ def corrections(db: Database, axes: Sequence[str]) -> LabelledData:
                 continue
             texts.append(f"{message.subject}\n{message.text}")
             for axis in axes:
-                label = by_axis.get(axis)
-                columns[axis].append(label.label if label else None)
+                columns[axis].append(by_axis.get(axis))
     return LabelledData(texts=texts, labels=columns)
-
-
-@dataclass(frozen=True, slots=True)
-class ReviewItem:
-    """A message that went to review, with the model's guesses and the human labels so far."""
-
-    id: int
-    received_at: datetime
-    sender: str
-    subject: str
-    routing: str
-    guesses: dict[str, tuple[str, float]]
-    labels: dict[str, str]
-
-
-def review_queue(
-    db: Database, *, unlabelled_only: bool = False, limit: int = 100
-) -> list[ReviewItem]:
-    """Messages routed to review, newest first."""
-    with db.session() as session:
-        rows = session.execute(
-            select(Message, Customer.address)
-            .outerjoin(Customer, Customer.id == Message.customer_id)
-            .where(Message.routing.startswith(REVIEW_PREFIX))
-            .order_by(Message.received_at.desc(), Message.id.desc())
-        ).all()
-        ids = [message.id for message, _ in rows]
-        guesses = latest_guesses(session, ids)
-    labels = current_labels(db, ids)
-    items = []
-    for message, address in rows:
-        human = {axis: label.label for axis, label in labels.get(message.id, {}).items()}
-        if unlabelled_only and human:
-            continue
-        items.append(
-            ReviewItem(
-                id=message.id,
-                received_at=message.received_at,
-                sender=address or "",
-                subject=message.subject,
-                routing=message.routing,
-                guesses={
-                    axis: (c.label, c.confidence) for axis, c in guesses.get(message.id, {}).items()
-                },
-                labels=human,
-            )
-        )
-        if len(items) >= limit:
-            break
-    return items
-
-
-def latest_guesses(
-    session: Session, message_ids: Sequence[int]
-) -> dict[int, dict[str, Classification]]:
-    """Message id to axis to the newest classification the model stored for it."""
-    if not message_ids:
-        return {}
-    latest: dict[int, dict[str, Classification]] = {}
-    for row in session.scalars(
-        select(Classification)
-        .where(Classification.message_id.in_(list(message_ids)))
-        .order_by(Classification.id)
-    ):
-        latest.setdefault(row.message_id, {})[row.axis] = row
-    return latest
 
 
 # --- training and the quality gate ---------------------------------------------------------

@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from triage import status
 from triage.config import Config
 from triage.pipeline import PollResult
-from triage.routing import REVIEW_PREFIX
 from triage.store.database import Database
+from triage.store.queries import review_count
 from triage.store.schema import Classification, Forward, Message
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,7 @@ def _messages(db: Database) -> Iterator[Metric]:
                 Classification.axis, Classification.label
             )
         ).all()
-        review = session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(Message.routing.startswith(REVIEW_PREFIX))
-        )
+        review = review_count(session)
     yield _counted(
         "triage_messages_ingested",
         "Messages stored, by source and status (stored, quarantined, ...).",

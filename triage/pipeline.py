@@ -12,7 +12,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -31,15 +31,16 @@ from connectors.base import (
     ConnectorRateLimited,
     RawItem,
 )
-from triage import urgency
 from triage.config import Config
+from triage.decide import urgency
+from triage.decide.route import Route, route_columns
+from triage.decide.router import AREA, URGENCY, MessageFacts, Router
 from triage.errors import check_named
 from triage.faults import crash_point
 from triage.forwarding import outbox_row
 from triage.normalize import ParsedEmail, lost_body
 from triage.prepare import Prepared, Preparer, classification_text, prepare
 from triage.registry import ActiveClassifier
-from triage.routing import AREA, URGENCY, Route, Router
 from triage.stopping import Stop, Stopped
 from triage.store import history
 from triage.store.contacts import recent_areas
@@ -316,13 +317,11 @@ class Pipeline:
         fresh, outcomes = _drop_known(session, source, parsed)
         crash_point("classified")
         good = []
-        contacts = self._recent_contacts(session, fresh)
         for entry in fresh:
             if entry.email is None or entry.error:
                 channel = self.config.channel_of(source, entry.item.format)
                 outcomes.append(_quarantine(session, entry, entry.error or "not parsed", channel))
             else:
-                entry.route = self._route(entry, contacts)
                 good.append(entry)
         outcomes.extend(self._store(session, good, model))
         return outcomes
@@ -372,7 +371,7 @@ class Pipeline:
             return []
         customers = history.customer_ids(session, _identities(entries))
         threads = history.conversation_ids(session, _threads(entries, customers))
-        self._cap_senders(session, entries, customers)
+        self._decide(session, entries, customers)
         ids = history.insert_messages(
             session, [_message_row(entry, customers, threads) for entry in entries]
         )
@@ -402,41 +401,41 @@ class Pipeline:
             for id_, entry in zip(ids, entries, strict=True)
         ]
 
-    def _cap_senders(
+    def _decide(
         self, session: Session, entries: list[_Parsed], customers: dict[tuple[str, str], int]
     ) -> None:
-        """The loop guard: a sender (or a broken auto-responder) cannot flood a department."""
-        cap = self.config.routing.max_forwards_per_sender_per_hour
+        """Route each entry: the facts about it, then the router's decision. The loop guard's
+        count goes on within the batch, so a flood in one batch is capped too."""
+        contacts = self._recent_contacts(session, entries)
         owners = {id(e): customers.get(_identity(e)) for e in entries}
         counts = history.forwards_since(
             session, [c for c in owners.values() if c is not None], utcnow() - timedelta(hours=1)
         )
         for entry in entries:
             customer = owners[id(entry)]
-            if customer is None or entry.route is None or not entry.route.department:
-                continue
-            if counts.get(customer, 0) >= cap:
-                entry.route = Route(
-                    None, f"not forwarded: over {cap} forwards from this sender in an hour"
-                )
-            else:
-                counts[customer] = counts.get(customer, 0) + 1
+            sent = counts.get(customer, 0) if customer is not None else 0
+            entry.route = self.router.decide(self._facts(entry, contacts, sent))
+            if customer is not None and entry.route.department:
+                counts[customer] = sent + 1
 
-    def _route(self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]) -> Route:
-        if entry.item.truncated:
-            return self.router.review(
-                f"message of {entry.item.size} bytes is over the size limit; headers kept"
-            )
+    def _facts(
+        self,
+        entry: _Parsed,
+        contacts: dict[Identity, list[tuple[str, datetime]]],
+        sender_forwards: int,
+    ) -> MessageFacts:
         assert entry.email is not None
-        predictions, reasons = self._urgency(entry, contacts)
-        if lost := lost_body(entry.email):
-            route = self.router.review(f"the body could not be read: {lost}", bool(reasons))
-        else:
-            route = self.router.route(predictions, entry.email.auto_reason, bool(reasons))
-        if route.urgent and reasons:
-            because = urgency.URGENT_BECAUSE + "; ".join(reasons)
-            route = replace(route, reason=f"{route.reason}. {because}")
-        return route
+        if entry.item.truncated:
+            return MessageFacts(
+                entry.predictions, oversized=entry.item.size, sender_forwards=sender_forwards
+            )
+        return MessageFacts(
+            entry.predictions,
+            self._urgency(entry, contacts),
+            entry.email.auto_reason,
+            unreadable=lost_body(entry.email) or None,
+            sender_forwards=sender_forwards,
+        )
 
     def _recent_contacts(
         self, session: Session, entries: list[_Parsed]
@@ -451,11 +450,10 @@ class Pipeline:
 
     def _urgency(
         self, entry: _Parsed, contacts: dict[Identity, list[tuple[str, datetime]]]
-    ) -> tuple[dict[str, Prediction] | None, tuple[str, ...]]:
-        """The predictions with the urgency the signals decide, and its reasons (none when
-        not urgent). Without a model the markers, VIPs and channels still decide."""
-        if entry.email is None:
-            return entry.predictions, ()
+    ) -> urgency.Assessment:
+        """The urgency the signals and the model decide. Without a model the markers, VIPs and
+        channels still decide."""
+        assert entry.email is not None
         settings = self.config.urgency
         area = entry.predictions.get(AREA) if entry.predictions else None
         area_label = area.label if area is not None else None
@@ -464,7 +462,7 @@ class Pipeline:
         recent = urgency.count_recent(seen, area_label, entry.item.received_at, window)
         if area_label is not None:
             seen.append((area_label, entry.item.received_at))  # later messages of the batch
-        verdict = urgency.assess(
+        return urgency.assess(
             entry.predictions.get(URGENCY) if entry.predictions else None,
             classification_text(entry.email),
             _urgency_channel(entry),
@@ -474,10 +472,6 @@ class Pipeline:
             self.config.routing.urgent_labels,
             area_label,
         )
-        if entry.predictions is None or not verdict.escalated or verdict.label is None:
-            return entry.predictions, verdict.reasons
-        raised = Prediction(verdict.label, 1.0)
-        return {**entry.predictions, URGENCY: raised}, verdict.reasons
 
     def _record_success(self, name: str) -> int:
         """Mark the source healthy; returns the failure streak this success ended."""
@@ -688,7 +682,7 @@ def _message_row(
         "auto_reason": email.auto_reason,
         "warnings": list(email.warnings),
         "status": "classified" if entry.predictions else "stored",
-        "routing": entry.route.reason,
+        **route_columns(entry.route),
         "raw": item.raw,
         "created_at": utcnow(),
     }

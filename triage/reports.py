@@ -14,6 +14,7 @@ from sqlalchemy import func, literal_column, select
 
 from triage import identities
 from triage.store.database import Database
+from triage.store.queries import model_labels, routing_of
 from triage.store.schema import (
     Classification,
     Customer,
@@ -111,31 +112,17 @@ def customer_history(db: Database, address: str, limit: int) -> list[HistoryRow]
             .order_by(Message.received_at.desc(), Message.id.desc())
             .limit(limit)
         ).all()
-        labels = _labels_of(session, [m.id for m in messages])
+        labels = model_labels(session, [m.id for m in messages])
         return [
             HistoryRow(
                 f"{m.received_at:%Y-%m-%d %H:%M}",
                 m.subject,
-                labels.get(m.id, {}),
+                {axis: guess.label for axis, guess in labels.get(m.id, {}).items()},
                 m.status,
-                m.routing,
+                routing_of(m),
             )
             for m in messages
         ]
-
-
-def _labels_of(session: Any, message_ids: list[int]) -> dict[int, dict[str, str]]:
-    labels: dict[int, dict[str, str]] = defaultdict(dict)
-    if not message_ids:
-        return labels
-    rows = session.execute(
-        select(Classification.message_id, Classification.axis, Classification.label)
-        .where(Classification.message_id.in_(message_ids))
-        .order_by(Classification.id)
-    )
-    for message_id, axis, label in rows:
-        labels[message_id][axis] = label
-    return labels
 
 
 def history_table(address: str, rows: Sequence[HistoryRow]) -> Table:

@@ -42,13 +42,13 @@ from triage._multiprocessing import kill_descendants, stop_helpers
 from triage.alerts import Alerter
 from triage.config import AnySource, Config, check_secrets, load_config
 from triage.corrections import Corrections
+from triage.decide.router import Router
 from triage.errors import ConfigError
 from triage.forwarding import FlushResult, Forwarder, Leftover, make_transport
 from triage.pipeline import Pipeline, PollResult
 from triage.prepare import Preparer, freeze_long_lived
 from triage.privacy import purge_before
 from triage.registry import ActiveClassifier, ModelRegistry
-from triage.routing import Router
 from triage.sources import make_connector, make_watcher
 from triage.stopping import Stop, on_signals
 from triage.store.database import Database

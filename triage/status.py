@@ -16,11 +16,12 @@ from sqlalchemy import func, select
 
 from triage.alerts import unsent_alerts
 from triage.config import Config
+from triage.decide.router import Router, label_gaps
 from triage.errors import NoActiveModel
 from triage.pipeline import Pipeline
 from triage.registry import ActiveClassifier, ModelRegistry
-from triage.routing import REVIEW_PREFIX, Router, label_gaps
 from triage.store.database import Database
+from triage.store.queries import review_count
 from triage.store.schema import Forward, Message, ModelVersion, SourceState, utcnow
 
 log = logging.getLogger(__name__)
@@ -233,12 +234,8 @@ def message_counts(db: Database) -> tuple[int, int]:
         quarantined = session.scalar(
             select(func.count()).select_from(Message).where(Message.status == "quarantined")
         )
-        review = session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(Message.routing.startswith(REVIEW_PREFIX))
-        )
-    return quarantined or 0, review or 0
+        review = review_count(session)
+    return quarantined or 0, review
 
 
 def model_state(config: Config, db: Database, *, load: bool) -> ModelState:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -158,7 +159,12 @@ class Message(Base):
     auto_reason: Mapped[str | None] = mapped_column(Text)
     warnings: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16), default="stored")
-    routing: Mapped[str] = mapped_column(Text, default="")
+    # The route decided for it, as data (triage/decide/route.py): never parsed, never LIKEd.
+    disposition: Mapped[str | None] = mapped_column(String(16), index=True)
+    department: Mapped[str | None] = mapped_column(String(64))
+    reasons: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    urgent_reasons: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     error: Mapped[str | None] = mapped_column(Text)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -202,7 +208,10 @@ class Forward(Base):
     to_addrs: Mapped[list[Any]] = mapped_column(default=list)
     cc_addrs: Mapped[list[Any]] = mapped_column(default=list)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
-    reason: Mapped[str] = mapped_column(Text, default="")
+    # The route that queued it (a correction's re-route queues a second forward).
+    disposition: Mapped[str | None] = mapped_column(String(16))
+    reasons: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    urgent_reasons: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     rfc_message_id: Mapped[str] = mapped_column(String(255), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -3,9 +3,9 @@
 Text alone is a weak urgency signal on real mail, so the final label also weighs what a lead
 would: explicit markers in the text (asks for haste, reports an outage, threatens legal action),
 the channel (a public post is seen by everyone), a VIP list, and the customer's recent history
-(the third contact in a week about the same area). Every signal that fires becomes a reason a
-person can read in the forward. Pure logic: the caller counts the recent contacts (one query
-per batch) and passes them in.
+(the third contact in a week about the same area). Every signal that fires is kept as data
+(``route.Signal``) and read in the forward's "Urgent because" line. Pure logic: the caller
+counts the recent contacts (one query per batch) and passes them in.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ from functools import lru_cache
 
 from classifiers.base import Prediction
 from triage.config import Urgency
+from triage.decide.route import Signal
 
-CATEGORY_NAMES = {
-    "urgent": "asks for urgency",
-    "outage": "reports an outage",
-    "legal": "threatens legal action",
-}
-"""How a marker category reads in a reason; other categories are shown by their name."""
 RECENT_CONTACTS_COUNTED = 20
 """Earlier contacts per area counted for the repeat signal: the history read per batch stays
 small however busy a sender (or a mail loop) is; beyond this the reason says "or later"."""
-URGENT_BECAUSE = "Urgent because: "
-"""Starts the reasons in a route's reason text; the forward's summary gives them their own line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +31,12 @@ class Assessment:
 
     Attributes:
         label: The urgency label to act on: the model's, or ``urgent_label`` when a signal fired.
-        reasons: Why it is urgent, one readable phrase per signal (empty when it is not).
+        signals: Why it is urgent, one per signal (empty when it is not).
         escalated: True when a signal raised the label above the model's.
     """
 
     label: str | None
-    reasons: tuple[str, ...] = ()
+    signals: tuple[Signal, ...] = ()
     escalated: bool = False
 
 
@@ -76,22 +69,22 @@ def assess(
     model_label = prediction.label if prediction is not None else None
     model_urgent = model_label is not None and model_label in urgent_labels
     signals = [
-        *marker_reasons(text, settings.markers),
-        *_channel_reasons(channel, settings.escalate_channels),
-        *_vip_reasons(sender, settings.vip),
-        *_repeat_reasons(recent_contacts, settings, area),
+        *marker_signals(text, settings.markers),
+        *_channel_signals(channel, settings.escalate_channels),
+        *_vip_signals(sender, settings.vip),
+        *_repeat_signals(recent_contacts, settings, area),
     ]
     if model_urgent:
         assert prediction is not None
-        reasons = (f"the model rates the text {model_label} ({prediction.confidence:.0%})",)
-        return Assessment(model_label, (*reasons, *signals))
+        model = Signal("model", {"label": model_label, "confidence": prediction.confidence})
+        return Assessment(model_label, (model, *signals))
     if not signals or not urgent_labels:
         return Assessment(model_label)
     return Assessment(urgent_labels[0], tuple(signals), escalated=True)
 
 
-def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]) -> list[str]:
-    """One reason per marker category found in ``text``, quoting the words that matched.
+def marker_signals(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]) -> list[Signal]:
+    """One signal per marker category found in ``text``, with the words that matched.
 
     A marker matches whole words, case-insensitively; a trailing ``*`` also matches any ending
     (``адвокат*`` finds "адвоката"), for inflected languages.
@@ -107,7 +100,7 @@ def marker_reasons(text: str, markers: Mapping[str, Mapping[str, Sequence[str]]]
         if quoted not in found.setdefault(category, []):
             found[category].append(quoted)
     return [
-        f"{CATEGORY_NAMES.get(category, category)} ({', '.join(map(_quote, words))})"
+        Signal("marker", {"category": category, "words": words})
         for category, words in found.items()
     ]
 
@@ -150,20 +143,16 @@ def _alternative(word: str) -> str:
     )
 
 
-def _quote(word: str) -> str:
-    return f'"{word}"'
-
-
-def _channel_reasons(channel: str, escalate: Iterable[str]) -> list[str]:
+def _channel_signals(channel: str, escalate: Iterable[str]) -> list[Signal]:
     wanted = {c.lower() for c in escalate}
     base = channel.split(":", 1)[0].lower()
     if channel.lower() in wanted or base in wanted:
-        return [f"came in on {channel}, a channel escalated by config"]
+        return [Signal("channel", {"channel": channel})]
     return []
 
 
-def _vip_reasons(sender: str, vip: Iterable[str]) -> list[str]:
-    return [f"VIP customer ({sender})"] if sender and is_vip(sender, vip) else []
+def _vip_signals(sender: str, vip: Iterable[str]) -> list[Signal]:
+    return [Signal("vip", {"sender": sender})] if sender and is_vip(sender, vip) else []
 
 
 def is_vip(sender: str, vip: Iterable[str]) -> bool:
@@ -180,13 +169,13 @@ def is_vip(sender: str, vip: Iterable[str]) -> bool:
     return False
 
 
-def _repeat_reasons(recent: int, settings: Urgency, area: str | None) -> list[str]:
+def _repeat_signals(recent: int, settings: Urgency, area: str | None) -> list[Signal]:
     contact = recent + 1
     if contact < settings.repeat_contacts:
         return []
-    about = f" about {area}" if area else ""
-    number = f"no. {contact}" if recent < RECENT_CONTACTS_COUNTED else f"no. {contact} or later"
-    return [f"contact {number}{about} within {settings.repeat_window_days} days"]
+    detail = {"contact": contact, "or_later": recent >= RECENT_CONTACTS_COUNTED, "area": area,
+              "days": settings.repeat_window_days}  # fmt: skip
+    return [Signal("repeat", detail)]
 
 
 def count_recent(
