@@ -45,8 +45,8 @@ from imapclient import IMAPClient  # noqa: E402
 from tests.servers.certs import make_cert  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 from tests.servers.postgres import drop_database, make_database  # noqa: E402
-from triage import prepare  # noqa: E402
-from triage.normalize import ParsedEmail  # noqa: E402
+from triage.intake import prepare  # noqa: E402
+from triage.intake.normalize import ParsedEmail  # noqa: E402
 
 PARSE_FREE_ENV = "BENCH_PARSE_FREE"
 
@@ -162,7 +162,7 @@ def child(config_path: str, go: str | None) -> None:
     ready at different times start together.
     """
     from triage.config import load_config
-    from triage.scheduler import Worker
+    from triage.worker.scheduler import Worker
 
     worker = Worker(load_config(Path(config_path)), worker_id=f"bench-{os.getpid()}")
     worker.db.upgrade()

@@ -1,4 +1,4 @@
-"""Throughput of ``triage.normalize.parse_email`` against ``email.policy.default``.
+"""Throughput of ``triage.intake.normalize.parse_email`` against ``email.policy.default``.
 
 Generates a synthetic mix of messages (plain UTF-8, windows-1251, KOI8-U with RFC 2047
 headers, HTML-only, multipart/alternative + attachment) and parses all of them with each
@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 
-from triage.normalize import parse_email
+from triage.intake.normalize import parse_email
 
 UK_SENTENCES = [
     "Доброго дня, прошу повернути кошти за замовлення.",
@@ -148,7 +148,7 @@ def main() -> None:
     messages = corpus(args.count)
     size = sum(map(len, messages)) / len(messages)
     print(f"{len(messages)} synthetic messages, mean size {size / 1024:.1f} KiB")
-    measure("triage.normalize.parse_email (compat32)", ours, messages, args.rounds)
+    measure("triage.intake.normalize.parse_email (compat32)", ours, messages, args.rounds)
     measure("policy.default + get_body().get_content()", stdlib_default, messages, args.rounds)
     for generator in GENERATORS:
         subset = [m for i, m in enumerate(messages) if GENERATORS[i % len(GENERATORS)] is generator]

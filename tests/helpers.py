@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import quopri
 import threading
 import time
 from collections.abc import Callable
@@ -126,3 +128,60 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return "?"
+
+
+# --- raw mail built by hand (no email package involved) ---------------------------------
+
+UK_TEXT = (
+    "Доброго дня! Прошу повернути кошти за замовлення 4512, товар прийшов пошкоджений. "
+    "Їжак на упаковці, ґудзик відірваний, є подряпини."
+)
+EN_TEXT = "Hello, my parcel arrived damaged and I would like a refund for order 4512."
+
+
+def raw_mail(
+    body: bytes,
+    *,
+    content_type: str | None = "text/plain; charset=utf-8",
+    headers: list[tuple[str, str]] | None = None,
+    cte: str | None = None,
+    sender: str | None = "Customer <customer@example.com>",
+    subject: str | None = "Question",
+) -> bytes:
+    """Raw message bytes with CRLF line ends, built by hand (no email package involved)."""
+    lines: list[str] = []
+    if sender is not None:
+        lines.append(f"From: {sender}")
+    lines.append("To: support@triage.example")
+    if subject is not None:
+        lines.append(f"Subject: {subject}")
+    for name, value in headers or []:
+        lines.append(f"{name}: {value}")
+    lines.append("MIME-Version: 1.0")
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    if cte is not None:
+        lines.append(f"Content-Transfer-Encoding: {cte}")
+    head = "\r\n".join(lines).encode("ascii")
+    return head + b"\r\n\r\n" + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def b_word(text: str, charset: str) -> str:
+    """RFC 2047 B-encoded word."""
+    return f"=?{charset}?B?{base64.b64encode(text.encode(charset)).decode()}?="
+
+
+def q_word(text: str, charset: str) -> str:
+    """RFC 2047 Q-encoded word."""
+    return f"=?{charset}?Q?{quopri.encodestring(text.encode(charset), header=True).decode()}?="
+
+
+def multipart(subtype: str, parts: list[bytes], boundary: str = "BOUNDARY") -> tuple[str, bytes]:
+    """(Content-Type value, body) of a multipart built from raw part bytes."""
+    body = b"".join(b"--" + boundary.encode() + b"\n" + part + b"\n" for part in parts)
+    return f'multipart/{subtype}; boundary="{boundary}"', body + b"--" + boundary.encode() + b"--\n"
+
+
+def part(body: bytes, content_type: str, *extra: str) -> bytes:
+    head = "\n".join([f"Content-Type: {content_type}", *extra])
+    return head.encode("ascii") + b"\n\n" + body

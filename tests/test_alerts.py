@@ -14,9 +14,9 @@ from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
-from triage import status
-from triage.scheduler import Worker
 from triage.store.schema import Forward, utcnow
+from triage.views import status
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 
@@ -58,13 +58,13 @@ def test_failing_source_alerts_once_then_on_recovery(
     assert alert["To"] == "admin@shop.test" and alert["Auto-Submitted"] == "auto-generated"
     assert "IMAP server 127.0.0.1" in alert.get_content()
 
-    until = worker.pipeline.backoff_until("support", 30)
+    until = worker.states.backoff_until("support", 30)
     assert until is not None and until > utcnow() + timedelta(seconds=50)  # 30 s * 2**2, jittered
     assert worker.poll_if_due("support") is None  # still backing off, nothing polled
 
     assert worker.poll("support").error is None
     assert sum("support recovered" in s for s in subjects(smtp_server)) == 1
-    assert worker.pipeline.backoff_until("support", 30) is None
+    assert worker.states.backoff_until("support", 30) is None
     worker.db.dispose()
 
 
@@ -90,7 +90,7 @@ def test_stale_source_alerts_once(tmp_path: Path, smtp_server: SmtpServer) -> No
     worker = alerting_worker(tmp_path, smtp_server, sources)
     worker.run_once()
     started = utcnow() - timedelta(hours=2)
-    successes = worker.pipeline.last_successes(["box", "never"])
+    successes = worker.states.last_successes(["box", "never"])
     assert successes["box"] is not None and successes["never"] is None
     worker.alerter.check_stale(successes, started)
     worker.alerter.check_stale(successes, started)

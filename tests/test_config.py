@@ -13,8 +13,8 @@ from classifiers.model import Classifier
 from tests.helpers import make_config
 from triage.config import ImapSource, check_secrets, load_config, resolve_secret
 from triage.errors import ConfigError, NoActiveModel, StoreError
-from triage.scheduler import Worker
 from triage.store.database import Database
+from triage.worker.scheduler import Worker
 
 IMAP = """
 [[sources]]

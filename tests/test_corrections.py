@@ -16,11 +16,11 @@ from tests.conftest import tiny_text
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
-from triage.corrections import parse_commands
 from triage.errors import ConfigError
-from triage.scheduler import Worker
+from triage.intake.corrections import parse_commands
 from triage.store import queries
 from triage.store.schema import Forward, Label, Message
+from triage.worker.scheduler import Worker
 
 PASSWORD_ENV = "TRIAGE_CORRECTIONS_IMAP_PASSWORD"
 
@@ -173,7 +173,7 @@ def test_stranger_reply_does_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     forward = forwarded(worker, dovecot, smtp_server)
-    with caplog.at_level(logging.WARNING, logger="triage.corrections"):
+    with caplog.at_level(logging.WARNING, logger="triage.intake.corrections"):
         send_reply(worker, dovecot, reply(forward, "wrong: delivery", sender="eve@evil.test"))
     assert labels(worker) == [] and forwards(worker) == [("billing", "sent")]
     assert len(smtp_server.messages) == 1
@@ -189,7 +189,7 @@ def test_reply_to_no_forward_is_ignored_and_logged(
     forward = forwarded(worker, dovecot, smtp_server)
     del forward["Message-ID"]
     forward["Message-ID"] = "<unknown@elsewhere.test>"
-    with caplog.at_level(logging.WARNING, logger="triage.corrections"):
+    with caplog.at_level(logging.WARNING, logger="triage.intake.corrections"):
         send_reply(worker, dovecot, reply(forward, "wrong: delivery"))
     assert labels(worker) == [] and forwards(worker) == [("billing", "sent")]
     assert "answers no forward of ours" in caplog.text

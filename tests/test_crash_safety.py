@@ -21,8 +21,8 @@ from tests.conftest import tiny_text
 from tests.helpers import DEPARTMENTS, make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
-from triage.scheduler import Worker
 from triage.store.schema import Forward, Message
+from triage.worker.scheduler import Worker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

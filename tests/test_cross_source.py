@@ -20,8 +20,8 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
-from triage.scheduler import Worker
 from triage.store.schema import Forward, Message, SourceState
+from triage.worker.scheduler import Worker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

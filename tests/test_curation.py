@@ -14,8 +14,8 @@ from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from tests.test_lifecycle import run
-from triage.scheduler import Worker
 from triage.store.schema import Label, Message
+from triage.worker.scheduler import Worker
 
 
 @pytest.fixture

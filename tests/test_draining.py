@@ -17,7 +17,7 @@ from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import DEPARTMENTS, make_config, make_email
 from tests.servers.smtp import SmtpServer
-from triage.scheduler import Worker
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

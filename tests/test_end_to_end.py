@@ -15,8 +15,8 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
-from triage.scheduler import Worker
 from triage.store.schema import Classification, Customer, Forward, Message
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

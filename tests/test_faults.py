@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.proxy import FaultyProxy
-from triage.scheduler import Worker
 from triage.store.schema import Message
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

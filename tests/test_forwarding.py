@@ -15,8 +15,15 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import free_port
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
+from triage.deliver.outbox import (
+    WIRE_POLICY,
+    Forwarder,
+    as_bytes,
+    make_transport,
+    requeue,
+    text_part,
+)
 from triage.errors import NothingNamed
-from triage.forwarding import WIRE_POLICY, Forwarder, as_bytes, make_transport, requeue, text_part
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow
 

@@ -18,9 +18,9 @@ from tests.fakes.x_api import FakeX
 from tests.helpers import make_config, make_email
 from triage.cli import cli
 from triage.errors import TriageError
-from triage.identities import link
-from triage.reports import customer_history
-from triage.scheduler import Worker
+from triage.store.identities import link
+from triage.views.reports import customer_history
+from triage.worker.scheduler import Worker
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from tests.helpers import DEPARTMENTS, make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.proxy import FaultyProxy
 from tests.test_scheduler import wait_for
-from triage.scheduler import Worker
 from triage.store.schema import Forward, SourceState
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

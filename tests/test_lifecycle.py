@@ -15,13 +15,13 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_rows, tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
-from triage import lifecycle
 from triage.cli import main
-from triage.registry import ModelRegistry
-from triage.scheduler import Worker
+from triage.lifecycle import labels as lifecycle
+from triage.lifecycle.registry import ModelRegistry
 from triage.store import queries
 from triage.store.database import Database
 from triage.store.schema import Label, ModelActivation
+from triage.worker.scheduler import Worker
 
 AXES = ("kind", "area", "urgency")
 COLUMNS = ["--text-column", "text", "--label", "kind", "--label", "area", "--label", "urgency"]

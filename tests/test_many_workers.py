@@ -30,8 +30,8 @@ from tests.conftest import tiny_text
 from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Received, SmtpServer
-from triage.scheduler import Worker
 from triage.store.schema import Classification, Forward, Message, SourceState
+from triage.worker.scheduler import Worker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ FORWARDED = {"complaint", "feedback"}  # [routing] forward_kinds by default
 FOLDERS = ["INBOX", "Support", "Support/Urgent"]  # of each Dovecot user, in turn
 ROUNDS = 4  # of mail arriving while the workers run
 LEASE_SECONDS = 3.0
-_STORED_A_BATCH = re.compile(r"\] triage\.pipeline: \S+: [1-9]\d* new")
+_STORED_A_BATCH = re.compile(r"\] triage\.intake\.pipeline: \S+: [1-9]\d* new")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ import quopri
 import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from triage import normalize
-from triage.normalize import (
+from tests.helpers import EN_TEXT, UK_TEXT, b_word, multipart, part, q_word, raw_mail
+from triage.intake.normalize import (
     NormalizationError,
     ParsedEmail,
     _fold,
@@ -25,67 +24,12 @@ from triage.normalize import (
     trim_for_classification,
 )
 
-UK_TEXT = (
-    "Доброго дня! Прошу повернути кошти за замовлення 4512, товар прийшов пошкоджений. "
-    "Їжак на упаковці, ґудзик відірваний, є подряпини."
-)
-EN_TEXT = "Hello, my parcel arrived damaged and I would like a refund for order 4512."
-
-
-def make(
-    body: bytes,
-    *,
-    content_type: str | None = "text/plain; charset=utf-8",
-    headers: list[tuple[str, str]] | None = None,
-    cte: str | None = None,
-    sender: str | None = "Customer <customer@example.com>",
-    subject: str | None = "Question",
-) -> bytes:
-    """Raw message bytes with CRLF line ends, built by hand (no email package involved)."""
-    lines: list[str] = []
-    if sender is not None:
-        lines.append(f"From: {sender}")
-    lines.append("To: support@triage.example")
-    if subject is not None:
-        lines.append(f"Subject: {subject}")
-    for name, value in headers or []:
-        lines.append(f"{name}: {value}")
-    lines.append("MIME-Version: 1.0")
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    if cte is not None:
-        lines.append(f"Content-Transfer-Encoding: {cte}")
-    head = "\r\n".join(lines).encode("ascii")
-    return head + b"\r\n\r\n" + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def b_word(text: str, charset: str) -> str:
-    """RFC 2047 B-encoded word."""
-    return f"=?{charset}?B?{base64.b64encode(text.encode(charset)).decode()}?="
-
-
-def q_word(text: str, charset: str) -> str:
-    """RFC 2047 Q-encoded word."""
-    return f"=?{charset}?Q?{quopri.encodestring(text.encode(charset), header=True).decode()}?="
-
-
-def multipart(subtype: str, parts: list[bytes], boundary: str = "BOUNDARY") -> tuple[str, bytes]:
-    """(Content-Type value, body) of a multipart built from raw part bytes."""
-    body = b"".join(b"--" + boundary.encode() + b"\n" + part + b"\n" for part in parts)
-    return f'multipart/{subtype}; boundary="{boundary}"', body + b"--" + boundary.encode() + b"--\n"
-
-
-def part(body: bytes, content_type: str, *extra: str) -> bytes:
-    head = "\n".join([f"Content-Type: {content_type}", *extra])
-    return head.encode("ascii") + b"\n\n" + body
-
-
 # --------------------------------------------------------------------------- charsets
 
 
 def test_windows_1251_body_declared() -> None:
     parsed = parse_email(
-        make(UK_TEXT.encode("cp1251"), content_type="text/plain; charset=windows-1251")
+        raw_mail(UK_TEXT.encode("cp1251"), content_type="text/plain; charset=windows-1251")
     )
     assert parsed.body_text == UK_TEXT
     assert parsed.warnings == ()
@@ -93,7 +37,7 @@ def test_windows_1251_body_declared() -> None:
 
 
 def test_koi8u_base64_body_with_rfc2047_koi8u_subject_and_display_name() -> None:
-    raw = make(
+    raw = raw_mail(
         base64.encodebytes(UK_TEXT.encode("koi8_u")),
         content_type='text/plain; charset="KOI8-U"',
         cte="base64",
@@ -109,7 +53,7 @@ def test_koi8u_base64_body_with_rfc2047_koi8u_subject_and_display_name() -> None
 
 
 def test_quoted_encoded_word_display_name_and_control_chars() -> None:
-    raw = make(
+    raw = raw_mail(
         b"body\x00 text",
         sender=f'"{b_word("Коваль, Олена", "utf-8")}" <Olena@X.UA>',
         subject="=?utf-8?Q?Null=00byte?=",
@@ -118,13 +62,15 @@ def test_quoted_encoded_word_display_name_and_control_chars() -> None:
     assert (parsed.sender_name, parsed.sender_address) == ("Коваль, Олена", "olena@x.ua")
     assert parsed.subject == "Nullbyte"
     assert parsed.body_text == "body text"
-    in_address = parse_email(make(b"t", sender="Olena <nu\x00l@X.UA>"))  # PostgreSQL refuses NUL
+    in_address = parse_email(
+        raw_mail(b"t", sender="Olena <nu\x00l@X.UA>")
+    )  # PostgreSQL refuses NUL
     assert in_address.sender_address == "nul@x.ua"
 
 
 def test_quoted_printable_cp1251_and_folded_multiword_subject() -> None:
     subject = f"{b_word('Повернення', 'windows-1251')}\r\n {b_word(' коштів', 'windows-1251')}"
-    raw = make(
+    raw = raw_mail(
         quopri.encodestring(UK_TEXT.encode("cp1251")),
         content_type="text/plain; charset=cp-1251",
         cte="quoted-printable",
@@ -137,21 +83,23 @@ def test_quoted_printable_cp1251_and_folded_multiword_subject() -> None:
 
 @pytest.mark.parametrize("declared", ["iso-8859-1", "us-ascii", "windows-1252", "latin1"])
 def test_cp1251_bytes_wrongly_declared_are_redecoded(declared: str) -> None:
-    raw = make(UK_TEXT.encode("cp1251"), content_type=f"text/plain; charset={declared}")
+    raw = raw_mail(UK_TEXT.encode("cp1251"), content_type=f"text/plain; charset={declared}")
     parsed = parse_email(raw)
     assert parsed.body_text == UK_TEXT
     assert any("cp1251" in w and declared in w for w in parsed.warnings), parsed.warnings
 
 
 def test_koi8_bytes_declared_as_cp1251_are_redecoded() -> None:
-    raw = make(UK_TEXT.encode("koi8_u"), content_type="text/plain; charset=windows-1251")
+    raw = raw_mail(UK_TEXT.encode("koi8_u"), content_type="text/plain; charset=windows-1251")
     parsed = parse_email(raw)
     assert parsed.body_text == UK_TEXT
     assert any("koi8_u" in w for w in parsed.warnings)
 
 
 def test_cp1251_bytes_declared_utf8_are_redecoded() -> None:
-    parsed = parse_email(make(UK_TEXT.encode("cp1251"), content_type="text/plain; charset=utf-8"))
+    parsed = parse_email(
+        raw_mail(UK_TEXT.encode("cp1251"), content_type="text/plain; charset=utf-8")
+    )
     assert parsed.body_text == UK_TEXT
     assert parsed.warnings == (
         "part declared charset 'utf-8' does not match its bytes; decoded as cp1251",
@@ -160,7 +108,7 @@ def test_cp1251_bytes_declared_utf8_are_redecoded() -> None:
 
 def test_utf8_with_a_few_bad_bytes_keeps_utf8() -> None:
     data = UK_TEXT.encode() + b" \xff end"
-    parsed = parse_email(make(data, content_type="text/plain; charset=utf-8"))
+    parsed = parse_email(raw_mail(data, content_type="text/plain; charset=utf-8"))
     assert parsed.body_text == UK_TEXT + " \ufffd end"
     assert parsed.warnings == (
         "part declared charset 'utf-8' does not match its bytes; 1 invalid byte sequence(s) replaced",
@@ -168,15 +116,19 @@ def test_utf8_with_a_few_bad_bytes_keeps_utf8() -> None:
 
 
 def test_ascii_declared_utf16_is_not_decoded_as_utf16() -> None:
-    parsed = parse_email(make(b"Plain ASCII text!", content_type="text/plain; charset=utf-16"))
+    parsed = parse_email(raw_mail(b"Plain ASCII text!", content_type="text/plain; charset=utf-16"))
     assert parsed.body_text == "Plain ASCII text!"
     real = "Привіт".encode("utf-16")
-    assert parse_email(make(real, content_type="text/plain; charset=utf-16")).body_text == "Привіт"
+    assert (
+        parse_email(raw_mail(real, content_type="text/plain; charset=utf-16")).body_text == "Привіт"
+    )
 
 
 def test_utf8_bytes_declared_latin1_are_redecoded() -> None:
     text = "Café déjà vu — Привіт"
-    parsed = parse_email(make(text.encode("utf-8"), content_type="text/plain; charset=iso-8859-1"))
+    parsed = parse_email(
+        raw_mail(text.encode("utf-8"), content_type="text/plain; charset=iso-8859-1")
+    )
     assert parsed.body_text == text
     assert "Ã" not in parsed.body_text
     assert any("utf-8" in w for w in parsed.warnings)
@@ -184,14 +136,14 @@ def test_utf8_bytes_declared_latin1_are_redecoded() -> None:
 
 def test_real_latin1_text_is_left_alone() -> None:
     text = "Café crème brûlée, Müller Größe: the order is wrong."
-    raw = make(text.encode("latin-1"), content_type="text/plain; charset=iso-8859-1")
+    raw = raw_mail(text.encode("latin-1"), content_type="text/plain; charset=iso-8859-1")
     parsed = parse_email(raw)
     assert parsed.body_text == text
     assert parsed.warnings == ()
 
 
 def test_missing_charset_with_utf8_bytes() -> None:
-    parsed = parse_email(make(UK_TEXT.encode("utf-8"), content_type="text/plain"))
+    parsed = parse_email(raw_mail(UK_TEXT.encode("utf-8"), content_type="text/plain"))
     assert parsed.body_text == UK_TEXT
     assert parsed.warnings == ("part has 8-bit bytes but no declared charset; decoded as utf-8",)
 
@@ -224,21 +176,21 @@ def test_correct_cyrillic_labels_are_trusted(codec: str) -> None:
 
 
 def test_missing_content_type_with_cp1251_bytes() -> None:
-    parsed = parse_email(make(UK_TEXT.encode("cp1251"), content_type=None))
+    parsed = parse_email(raw_mail(UK_TEXT.encode("cp1251"), content_type=None))
     assert parsed.body_text == UK_TEXT
     assert any("cp1251" in w for w in parsed.warnings)
 
 
 @pytest.mark.parametrize("codec", ["utf-8", "cp1251", "koi8_u"])
 def test_bogus_default_charset(codec: str) -> None:
-    raw = make(UK_TEXT.encode(codec), content_type="text/plain; charset=DEFAULT")
+    raw = raw_mail(UK_TEXT.encode(codec), content_type="text/plain; charset=DEFAULT")
     parsed = parse_email(raw)
     assert parsed.body_text == UK_TEXT
     assert parsed.warnings == (f"part declared charset 'DEFAULT' is unknown; decoded as {codec}",)
 
 
 def test_unknown_charset_in_header_word_and_raw_8bit_header() -> None:
-    raw = make(
+    raw = raw_mail(
         b"text",
         subject=f"=?unknown-8bit?B?{base64.b64encode('Рахунок'.encode('cp1251')).decode()}?=",
     )
@@ -290,7 +242,7 @@ def test_html_only_with_entities_and_style_block() -> None:
         "<ul><li>first</li><li>second</li></ul>see <a href='https://x.example'>my order</a>"
         "<br>line two</body></html>"
     )
-    parsed = parse_email(make(markup.encode(), content_type="text/html; charset=utf-8"))
+    parsed = parse_email(raw_mail(markup.encode(), content_type="text/html; charset=utf-8"))
     assert parsed.html_only is True
     assert parsed.body_text == (
         'Dear support,\nPrice is 5 < 10 & "quoted" — café\n• first\n• second\nsee my order\nline two'
@@ -301,7 +253,7 @@ def test_html_only_with_entities_and_style_block() -> None:
 
 def test_html_without_charset_uses_meta_charset() -> None:
     markup = '<html><head><meta charset="windows-1251"></head><body>Привіт</body></html>'
-    parsed = parse_email(make(markup.encode("cp1251"), content_type="text/html"))
+    parsed = parse_email(raw_mail(markup.encode("cp1251"), content_type="text/html"))
     assert parsed.body_text == "Привіт"
 
 
@@ -311,7 +263,7 @@ def test_html_blockquote_becomes_quote_and_is_trimmed() -> None:
         "<div>On Mon, 1 Jan 2024 at 10:00, Support &lt;s@x&gt; wrote:</div>"
         "<blockquote><p>Have you tried restarting it?</p></blockquote></div>"
     )
-    parsed = parse_email(make(markup.encode(), content_type="text/html; charset=utf-8"))
+    parsed = parse_email(raw_mail(markup.encode(), content_type="text/html; charset=utf-8"))
     assert "> Have you tried restarting it?" in parsed.body_text
     assert parsed.text_for_classification == "Still broken, please call me."
 
@@ -326,7 +278,7 @@ def test_outlook_html_reply_history_trimmed() -> None:
         "&lt;support@x.ua&gt;<br><b>Надіслано:</b> 1 січня 2024 р. 10:00<br><b>Кому:</b> Іван"
         "<br><b>Тема:</b> Рахунок</p></div><p class=MsoNormal>Старий текст</p></body></html>"
     )
-    parsed = parse_email(make(markup.encode(), content_type="text/html; charset=utf-8"))
+    parsed = parse_email(raw_mail(markup.encode(), content_type="text/html; charset=utf-8"))
     assert "Від: Підтримка <support@x.ua>\nНадіслано:" in parsed.body_text
     assert parsed.text_for_classification == "Рахунок досі не оплачено. 1. Перевірте, будь ласка."
 
@@ -344,7 +296,7 @@ def test_multipart_alternative_prefers_plain() -> None:
             part(b"<p>HTML version</p>", "text/html; charset=us-ascii"),
         ],
     )
-    parsed = parse_email(make(body, content_type=ctype))
+    parsed = parse_email(raw_mail(body, content_type=ctype))
     assert parsed.body_text == "Plain version"
     assert parsed.html_only is False
 
@@ -354,7 +306,7 @@ def test_multipart_alternative_with_empty_plain_uses_html() -> None:
         "alternative",
         [part(b"\n  \n", "text/plain"), part(b"<p>Only here</p>", "text/html")],
     )
-    parsed = parse_email(make(body, content_type=ctype))
+    parsed = parse_email(raw_mail(body, content_type=ctype))
     assert parsed.body_text == "Only here"
     assert parsed.html_only is True
 
@@ -371,7 +323,7 @@ def test_html_inside_a_related_alternative_is_rendered_when_chosen() -> None:
     ctype, body = multipart(
         "alternative", [part(b" \n", "text/plain"), part(related, related_ctype)]
     )
-    parsed = parse_email(make(body, content_type=ctype))
+    parsed = parse_email(raw_mail(body, content_type=ctype))
     assert parsed.body_text == "Order 4512 is late"
     assert parsed.html_only is True
     assert parsed.attachments == ("logo.gif",)
@@ -440,144 +392,14 @@ def test_multipart_mixed_attachments_are_named_and_excluded() -> None:
             part(b"GIF89a", "image/gif", "Content-Transfer-Encoding: 8bit"),
         ],
     )
-    parsed = parse_email(make(body, content_type=ctype))
+    parsed = parse_email(raw_mail(body, content_type=ctype))
     assert parsed.body_text == UK_TEXT
     assert parsed.attachments == ("Рахунок №5.pdf", "журнал.txt", "(unnamed image/gif)")
     assert "log line" not in parsed.body_text
 
 
-def with_big_attachments(text_part: bytes, size: int = 40_000) -> tuple[str, bytes]:
-    """(Content-Type, body) of a mixed multipart: ``text_part`` (a raw part), then a PDF and an
-    inline image of ``size`` bytes each."""
-    data = base64.encodebytes(random.Random(size).randbytes(size))
-    return multipart(
-        "mixed",
-        [
-            text_part,
-            part(data, "application/pdf", "Content-Transfer-Encoding: base64",
-                 'Content-Disposition: attachment; filename="scan.pdf"'),
-            part(data, "image/png", "Content-Transfer-Encoding: base64",
-                 'Content-Disposition: inline; filename="photo.png"'),
-        ],
-    )  # fmt: skip
-
-
-def test_binary_attachment_data_is_cut_before_parsing_but_never_text() -> None:
-    long_text = "\n".join([UK_TEXT] * 40)
-    encoded = base64.encodebytes(long_text.encode("cp1251"))  # ~150 lines of base64 text
-    text = part(encoded, "text/plain; charset=windows-1251", "Content-Transfer-Encoding: base64")
-    ctype, body = with_big_attachments(text)
-    raw = make(body, content_type=ctype)
-    cut = normalize._without_binary_bodies(raw)
-    assert len(cut) < len(raw) - 100_000  # both 54 KB attachments are gone
-    assert encoded.replace(b"\n", b"\r\n") in cut  # the text part, base64 too, is kept
-    assert b'filename="scan.pdf"' in cut and b'filename="photo.png"' in cut
-    parsed = parse_email(raw)
-    assert parsed.body_text == long_text
-    assert parsed.attachments == ("scan.pdf", "photo.png")
-
-
-def test_cutting_attachment_data_changes_no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every demo mail, its body beside big attachments, parses the same with and without
-    the cut."""
-    mails = sorted((Path(__file__).parent.parent / "demo" / "mailbox").glob("*/*"))
-    assert mails
-    for path in mails:
-        head, _, body = path.read_bytes().replace(b"\r\n", b"\n").partition(b"\n\n")
-        fields = re.split(rb"\n(?![ \t])", head)
-        content = [f for f in fields if f.lower().startswith(b"content-")]
-        ctype, mixed = with_big_attachments(b"\n".join([*content, b"", body]), size=20_000)
-        others = [f for f in fields if not f.lower().startswith((b"content-", b"mime-version"))]
-        raw = b"\n".join([*others, b"MIME-Version: 1.0", f"Content-Type: {ctype}".encode(), b""])
-        raw += b"\n" + mixed
-        assert len(normalize._without_binary_bodies(raw)) < len(raw) - 40_000, path.name
-        with_cut = parse_email(raw)
-        monkeypatch.setattr(normalize, "CUT_BINARY_ABOVE", len(raw))
-        assert parse_email(raw) == with_cut, path.name
-        monkeypatch.undo()
-        assert with_cut.attachments[-2:] == ("scan.pdf", "photo.png"), path.name
-
-
-BOUNDARIES = [
-    "BOUNDARY", "BOUNDARY-1", "----=_Part_1234_5678.1700000000000", "000000000000a1b2c3d4e5f6",
-    " leading space", "trailing  ", "<angled>", "a b=c", "Mixed=Case_42", "x", "=_?.;+/", "\"",
-]  # fmt: skip
-
-
-def _random_tree(rng: random.Random, depth: int = 0) -> tuple[str, bytes]:
-    """(Content-Type, body) of a random multipart over BOUNDARIES, with decoy lines."""
-    boundary = rng.choice(BOUNDARIES)
-    token = all(c.isalnum() or c in "'+-.=_?/" for c in boundary)
-    name = rng.choice(["boundary", "Boundary", "BOUNDARY "])
-    value = boundary if token and rng.random() < 0.5 else f'"{boundary}"'
-    fold = rng.choice([" ", "\n\t"])
-    ctype = f"multipart/{rng.choice(['mixed', 'alternative', 'related'])};{fold}{name}={value}"
-    lines = [b"preamble", b"--" + boundary.encode() + b"x decoy"]
-    for index in range(rng.randint(1, 3)):
-        lines.append(b"--" + boundary.encode() + rng.choice([b"", b"  ", b"\t"]))
-        if depth < 2 and rng.random() < 0.4:
-            inner_type, inner = _random_tree(rng, depth + 1)
-            lines.append(f"Content-Type: {inner_type}\n".encode() + b"\n" + inner)
-            continue
-        quoted = b'Content-Type: multipart/mixed; boundary="QUOTED"\n\n--QUOTED\nq\n--QUOTED--'
-        decoy = rng.choice([b"--" + rng.choice(BOUNDARIES).encode() + b" text", b"-- ", quoted])
-        kind = rng.choice(["text/plain; charset=utf-8", "text/html", "application/pdf"])
-        lines.append(part(f"part {index} {UK_TEXT[:40]}".encode() + b"\n" + decoy, kind))
-    lines.append(b"--" + boundary.encode() + b"--" + rng.choice([b"", b" "]))
-    lines.append(b"epilogue")
-    return ctype, b"\n".join(lines) + b"\n"
-
-
-def _structure(raw: bytes) -> list[tuple[str, bytes | None]]:
-    message = email.message_from_bytes(raw)
-    return [
-        (p.get_content_type(), None if p.is_multipart() else p.get_payload(decode=True))
-        for p in message.walk()
-    ]
-
-
-def test_renaming_boundaries_changes_no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo mail and random multipart trees (boundaries that are prefixes of others,
-    quoted, folded, with spaces, decoy lines) parse the same with and without the renaming."""
-    mails = [
-        p.read_bytes() for p in sorted((Path(__file__).parent.parent / "demo").glob("mailbox/*/*"))
-    ]
-    rng = random.Random(11)
-    for _ in range(300):
-        ctype, body = _random_tree(rng)
-        raw = make(body, content_type=ctype)
-        mails.append(raw if rng.random() < 0.5 else raw.replace(b"\r\n", b"\n"))
-    renamed = []
-    for raw in mails:
-        canonical = normalize._with_canonical_boundaries(raw)
-        renamed.append(canonical != raw)
-        assert _structure(canonical) == _structure(raw)
-        with_renaming = parse_email(raw)
-        monkeypatch.setattr(normalize, "_with_canonical_boundaries", lambda raw: raw)
-        assert parse_email(raw) == with_renaming
-        monkeypatch.undo()
-    # Not simply skipped: every demo multipart is renamed, and random trees often enough.
-    demo = [b"multipart/" in raw.lower() for raw in mails[:-300]]
-    assert renamed[:-300] == demo and any(demo)
-    assert sum(renamed[-300:]) > 100
-
-
-def test_boundaries_are_renamed_only_where_the_parser_reads_them() -> None:
-    quoted = b'Content-Type: multipart/mixed; boundary="QUOTED"\n\n--QUOTED\n'
-    text = part(b"--BOUNDARY is my word\n--BOUNDARYX\n" + quoted, "text/plain")
-    ctype, body = multipart("mixed", [text])
-    raw = make(body, content_type=ctype)
-    canonical = normalize._with_canonical_boundaries(raw)
-    assert b'boundary="triage=_1"' in canonical and b"\r\n--triage=_1\r\n" in canonical
-    assert b"\r\n--triage=_1--\r\n" in canonical
-    assert b"--BOUNDARY is my word\r\n--BOUNDARYX" in canonical
-    assert quoted.replace(b"\n", b"\r\n") in canonical  # a header quoted in a text is text
-    for odd in (raw.replace(b"\r\n", b"\r"), raw.replace(b'"BOUNDARY"', b'"BOUND\\ARY"')):
-        assert normalize._with_canonical_boundaries(odd) == odd
-
-
 def test_attached_message_rfc822_text_is_kept() -> None:
-    inner = make(b"My neighbour's order never arrived.", subject="Lost parcel")
+    inner = raw_mail(b"My neighbour's order never arrived.", subject="Lost parcel")
     ctype, body = multipart(
         "mixed",
         [
@@ -585,7 +407,7 @@ def test_attached_message_rfc822_text_is_kept() -> None:
             part(inner, "message/rfc822", "Content-Disposition: attachment"),
         ],
     )
-    parsed = parse_email(make(body, content_type=ctype, subject="Fwd: Lost parcel"))
+    parsed = parse_email(raw_mail(body, content_type=ctype, subject="Fwd: Lost parcel"))
     assert parsed.attachments == ("Lost parcel.eml",)
     assert "never arrived" in parsed.body_text
     assert parsed.text_for_classification == (
@@ -594,7 +416,7 @@ def test_attached_message_rfc822_text_is_kept() -> None:
 
 
 def test_body_is_truncated() -> None:
-    parsed = parse_email(make(b"x" * 50_000, content_type="text/plain"), max_text_chars=1000)
+    parsed = parse_email(raw_mail(b"x" * 50_000, content_type="text/plain"), max_text_chars=1000)
     assert len(parsed.body_text) == 1000
     assert any("truncated" in w for w in parsed.warnings)
 
@@ -608,7 +430,7 @@ def test_english_quoted_reply_trimmed() -> None:
         "On Mon, Jan 1, 2024 at 10:00 AM Support <support@triage.example> wrote:\n"
         "> Hello, we sent a replacement.\n> Regards\n"
     )
-    parsed = parse_email(make(body.encode(), subject="Re: Broken kettle"))
+    parsed = parse_email(raw_mail(body.encode(), subject="Re: Broken kettle"))
     assert parsed.text_for_classification == "The replacement is also broken."
     assert "> Hello" in parsed.body_text
 
@@ -633,7 +455,7 @@ def test_gmail_reply_header_wrapped_over_two_lines() -> None:
 )
 def test_ukrainian_and_russian_quoted_reply_trimmed(header: str) -> None:
     body = f"Товар досі не прийшов.\n\n{header}\n> Ваше замовлення відправлено.\n"
-    parsed = parse_email(make(body.encode(), subject=b_word("Відп: Замовлення", "utf-8")))
+    parsed = parse_email(raw_mail(body.encode(), subject=b_word("Відп: Замовлення", "utf-8")))
     assert parsed.text_for_classification == "Товар досі не прийшов."
 
 
@@ -680,7 +502,7 @@ def test_mobile_signature_trimmed() -> None:
 
 def test_signature_delimiter_and_closing_trimmed() -> None:
     body = "Please cancel order 77.\n\n-- \nJohn Smith\nACME Ltd\n+380 44 000 00 00\n"
-    parsed = parse_email(make(body.encode()))
+    parsed = parse_email(raw_mail(body.encode()))
     assert parsed.text_for_classification == "Please cancel order 77."
     body = "Прошу скасувати замовлення 77.\n\nЗ повагою,\nОлена Коваль\nТОВ «Ромашка»\n"
     assert trim_for_classification(body) == "Прошу скасувати замовлення 77."
@@ -694,7 +516,7 @@ def test_signature_trimming_is_conservative() -> None:
     assert "refund never came" in trim_for_classification(body)
     assert (
         trim_for_classification("Thanks!") == "Thanks!"
-        or parse_email(make(b"Thanks!")).text_for_classification == "Thanks!"
+        or parse_email(raw_mail(b"Thanks!")).text_for_classification == "Thanks!"
     )
 
 
@@ -708,7 +530,7 @@ def test_gmail_forward_keeps_content_and_drops_forward_headers() -> None:
         "To: <me@example.com>\n\n"
         "The screen cracked on the first day.\n"
     )
-    parsed = parse_email(make(body.encode(), subject="Fwd: Broken screen"))
+    parsed = parse_email(raw_mail(body.encode(), subject="Fwd: Broken screen"))
     assert parsed.text_for_classification == (
         "Please look at this complaint. The screen cracked on the first day."
     )
@@ -732,16 +554,16 @@ def test_ukrainian_and_outlook_forwards_keep_content() -> None:
     outlook = (
         "FYI\n\nFrom: Petro <p@x.ua>\nSent: Monday\nTo: me\nSubject: Broken\n\nScreen cracked."
     )
-    parsed = parse_email(make(outlook.encode(), subject="FW: Broken"))
+    parsed = parse_email(raw_mail(outlook.encode(), subject="FW: Broken"))
     assert parsed.text_for_classification == "FYI Screen cracked."
-    parsed = parse_email(make(outlook.encode(), subject="Re: Broken"))
+    parsed = parse_email(raw_mail(outlook.encode(), subject="Re: Broken"))
     assert parsed.text_for_classification == "FYI"
 
 
 def test_classification_text_falls_back_to_body_then_subject() -> None:
-    parsed = parse_email(make(b"> only a quote\n> nothing else"))
+    parsed = parse_email(raw_mail(b"> only a quote\n> nothing else"))
     assert parsed.text_for_classification == "> only a quote > nothing else"
-    parsed = parse_email(make(b"", subject="Refund please"))
+    parsed = parse_email(raw_mail(b"", subject="Refund please"))
     assert parsed.body_text == ""
     assert parsed.text_for_classification == "Refund please"
 
@@ -775,7 +597,7 @@ def test_classification_text_falls_back_to_body_then_subject() -> None:
 )
 def test_auto_detection(headers: list[tuple[str, str]], subject: str, reason: str) -> None:
     encoded = subject if subject.isascii() else b_word(subject, "utf-8")
-    assert parse_email(make(b"text", headers=headers, subject=encoded)).auto_reason == reason
+    assert parse_email(raw_mail(b"text", headers=headers, subject=encoded)).auto_reason == reason
 
 
 def test_bounce_multipart_report() -> None:
@@ -787,18 +609,20 @@ def test_bounce_multipart_report() -> None:
                 b"Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; a@b",
                 "message/delivery-status",
             ),
-            part(make(b"original"), "message/rfc822"),
+            part(raw_mail(b"original"), "message/rfc822"),
         ],
     )
-    parsed = parse_email(make(body, content_type=ctype + "; report-type=delivery-status"))
+    parsed = parse_email(raw_mail(body, content_type=ctype + "; report-type=delivery-status"))
     assert parsed.auto_reason == "Content-Type multipart/report (delivery or read report)"
 
 
 def test_human_messages_are_not_auto() -> None:
-    assert parse_email(make(b"text", headers=[("Auto-Submitted", "no")])).auto_reason is None
-    assert parse_email(make(b"text", headers=[("Precedence", "first-class")])).auto_reason is None
+    assert parse_email(raw_mail(b"text", headers=[("Auto-Submitted", "no")])).auto_reason is None
+    assert (
+        parse_email(raw_mail(b"text", headers=[("Precedence", "first-class")])).auto_reason is None
+    )
     suppress = [("X-Auto-Response-Suppress", "All")]
-    assert parse_email(make(b"text", headers=suppress, subject="Broken")).auto_reason is None
+    assert parse_email(raw_mail(b"text", headers=suppress, subject="Broken")).auto_reason is None
 
 
 # --------------------------------------------------------------------------- headers
@@ -810,7 +634,7 @@ def test_thread_key_prefers_first_reference() -> None:
         ("In-Reply-To", "<b@x> (from support)"),
         ("References", "<a@x>\r\n <b@x>"),
     ]
-    parsed = parse_email(make(b"t", headers=headers))
+    parsed = parse_email(raw_mail(b"t", headers=headers))
     assert parsed.message_id == "<c@x>"
     assert parsed.in_reply_to == "<b@x>"
     assert parsed.references == ("<a@x>", "<b@x>")
@@ -818,13 +642,15 @@ def test_thread_key_prefers_first_reference() -> None:
 
 
 def test_thread_key_from_in_reply_to_then_message_id() -> None:
-    parsed = parse_email(make(b"t", headers=[("Message-ID", "<c@x>"), ("In-Reply-To", "<b@x>")]))
+    parsed = parse_email(
+        raw_mail(b"t", headers=[("Message-ID", "<c@x>"), ("In-Reply-To", "<b@x>")])
+    )
     assert parsed.thread_key == "<b@x>"
-    assert parse_email(make(b"t", headers=[("Message-ID", "<c@x>")])).thread_key == "<c@x>"
+    assert parse_email(raw_mail(b"t", headers=[("Message-ID", "<c@x>")])).thread_key == "<c@x>"
 
 
 def test_thread_key_without_ids_is_stable_per_subject_and_sender() -> None:
-    first = parse_email(make(b"a", subject="Broken kettle"))
+    first = parse_email(raw_mail(b"a", subject="Broken kettle"))
     assert first.message_id is None
     assert first.thread_key.startswith("sha256:")
     for subject in (
@@ -832,32 +658,32 @@ def test_thread_key_without_ids_is_stable_per_subject_and_sender() -> None:
         "RE: Fwd: broken  kettle",
         b_word("Відп: Broken kettle", "utf-8"),
     ):
-        assert parse_email(make(b"b", subject=subject)).thread_key == first.thread_key
-    other = parse_email(make(b"a", subject="Broken kettle", sender="other@example.com"))
+        assert parse_email(raw_mail(b"b", subject=subject)).thread_key == first.thread_key
+    other = parse_email(raw_mail(b"a", subject="Broken kettle", sender="other@example.com"))
     assert other.thread_key != first.thread_key
-    assert parse_email(make(b"a", subject="Other")).thread_key != first.thread_key
+    assert parse_email(raw_mail(b"a", subject="Other")).thread_key != first.thread_key
 
 
 def test_sender_fallbacks() -> None:
-    parsed = parse_email(make(b"t", sender=None, headers=[("Sender", "Bot <BOT@x.com>")]))
+    parsed = parse_email(raw_mail(b"t", sender=None, headers=[("Sender", "Bot <BOT@x.com>")]))
     assert (parsed.sender_name, parsed.sender_address) == ("Bot", "bot@x.com")
-    parsed = parse_email(make(b"t", sender=None, headers=[("Return-Path", "<rp@x.com>")]))
+    parsed = parse_email(raw_mail(b"t", sender=None, headers=[("Return-Path", "<rp@x.com>")]))
     assert parsed.sender_address == "rp@x.com"
-    parsed = parse_email(make(b"t", sender=None))
+    parsed = parse_email(raw_mail(b"t", sender=None))
     assert (parsed.sender_name, parsed.sender_address) == ("", "")
-    parsed = parse_email(make(b"t", sender="Angry Customer"))  # no address: still who wrote
+    parsed = parse_email(raw_mail(b"t", sender="Angry Customer"))  # no address: still who wrote
     assert (parsed.sender_name, parsed.sender_address) == ("Angry Customer", "")
-    parsed = parse_email(make(b"t", sender="<>"))
+    parsed = parse_email(raw_mail(b"t", sender="<>"))
     assert (parsed.sender_name, parsed.sender_address) == ("", "")
 
 
 def test_date_parsing() -> None:
-    parsed = parse_email(make(b"t", headers=[("Date", "Mon, 1 Jan 2024 10:00:00 +0200")]))
+    parsed = parse_email(raw_mail(b"t", headers=[("Date", "Mon, 1 Jan 2024 10:00:00 +0200")]))
     assert parsed.date == datetime(2024, 1, 1, 10, tzinfo=timezone(timedelta(hours=2)))
-    parsed = parse_email(make(b"t", headers=[("Date", "1 Jan 2024 10:00:00")]))
+    parsed = parse_email(raw_mail(b"t", headers=[("Date", "1 Jan 2024 10:00:00")]))
     assert parsed.date == datetime(2024, 1, 1, 10, tzinfo=UTC)
-    assert parse_email(make(b"t", headers=[("Date", "yesterday-ish")])).date is None
-    assert parse_email(make(b"t")).date is None
+    assert parse_email(raw_mail(b"t", headers=[("Date", "yesterday-ish")])).date is None
+    assert parse_email(raw_mail(b"t")).date is None
 
 
 @pytest.mark.parametrize(
@@ -870,7 +696,7 @@ def test_date_parsing() -> None:
     ],
 )
 def test_language_guess(text: str, language: str) -> None:
-    assert parse_email(make(text.encode(), subject="")).language == language
+    assert parse_email(raw_mail(text.encode(), subject="")).language == language
 
 
 # --------------------------------------------------------------------------- robustness
@@ -902,8 +728,8 @@ def test_mutated_messages_do_not_raise() -> None:
         ],
     )
     seeds = [
-        make(body, content_type=ctype, subject=b_word("Тема", "koi8-u")),
-        make(base64.encodebytes(UK_TEXT.encode("koi8_u")), cte="base64"),
+        raw_mail(body, content_type=ctype, subject=b_word("Тема", "koi8-u")),
+        raw_mail(base64.encodebytes(UK_TEXT.encode("koi8_u")), cte="base64"),
     ]
     debris = [b"=?", b"?=", b"=?x?b?", b"\xff", b"\x00", b"--BOUNDARY\n", b"*=", b"<![", b"\n"]
     rng = random.Random(7)

@@ -13,7 +13,7 @@ from tests.fakes.oauth_token import FakeTokenEndpoint
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import SmtpServer
-from triage.scheduler import Worker
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

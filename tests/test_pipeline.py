@@ -14,9 +14,10 @@ from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from triage.decide.route import Disposition, Route
-from triage.pipeline import KEPT_OUTCOMES, Outcome, PollResult, _batched
-from triage.scheduler import Worker
+from triage.intake.pipeline import _batched
+from triage.intake.results import KEPT_OUTCOMES, Outcome, PollResult
 from triage.store.schema import Forward, Message, SourceState, utcnow
+from triage.worker.scheduler import Worker
 
 
 def maildir_worker(tmp_path: Path, **maildir: object) -> Worker:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
-from triage.scheduler import Worker
+from triage.worker.scheduler import Worker
 
 pytestmark = pytest.mark.live
 

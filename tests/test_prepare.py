@@ -18,7 +18,7 @@ from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import RawItem
 from tests.conftest import tiny_text
-from triage.prepare import (
+from triage.intake.prepare import (
     MIN_POOL_BATCH,
     Preparer,
     _pickle_as_constructor_call,

@@ -12,9 +12,9 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
-from triage.privacy import forget
-from triage.scheduler import Worker
+from triage.store.privacy import forget
 from triage.store.schema import Classification, Customer, Message
+from triage.worker.scheduler import Worker
 
 
 def worker_on(

@@ -13,8 +13,8 @@ from classifiers.model import Classifier
 from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import DEPARTMENTS, make_config, make_email
-from triage.scheduler import Worker
 from triage.store.schema import Message
+from triage.worker.scheduler import Worker
 
 
 def triage(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -114,7 +114,9 @@ def test_daemon_notifies_systemd_ready_and_feeds_the_watchdog(
         code = daemon.stop()
     assert code == 0, daemon.log
     receive_until(notify_socket, "STOPPING=1", timeout=5)
-    assert "[w1] triage.scheduler: worker started" in daemon.log  # --worker-id names the lines
+    assert (
+        "[w1] triage.worker.scheduler: worker started" in daemon.log
+    )  # --worker-id names the lines
 
 
 def test_sighup_adds_a_source_and_refuses_an_invalid_config(tmp_path: Path) -> None:

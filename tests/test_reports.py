@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from triage.reports import metrics_table
+from triage.views.reports import metrics_table
 
 
 def rendered(table: object) -> str:

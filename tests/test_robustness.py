@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from classifiers.model import Classifier
 from tests.helpers import make_config, make_email
 from tests.servers.dovecot import DovecotServer
-from triage.normalize import parse_email
-from triage.scheduler import Worker
+from triage.intake.normalize import parse_email
 from triage.store.schema import Message
+from triage.worker.scheduler import Worker
 
 
 def cpython_corpus() -> list[bytes]:

@@ -20,9 +20,9 @@ from tests.conftest import tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import DEPARTMENTS, make_config, make_email, wait_until
 from tests.servers.smtp import SmtpServer
-from triage.scheduler import Wakes, Worker
 from triage.store.database import Database
 from triage.store.schema import Forward, Message
+from triage.worker.scheduler import Wakes, Worker
 
 
 def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

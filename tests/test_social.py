@@ -25,8 +25,8 @@ from tests.helpers import make_config
 from triage.cli import cli
 from triage.config import check_secrets
 from triage.errors import ConfigError
-from triage.scheduler import Worker
 from triage.store.schema import Customer, Forward, Message, SourceState, utcnow
+from triage.worker.scheduler import Worker
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_a_rate_limit_pauses_only_that_source_and_resumes_without_loss(
     assert len(x.requests) == asked  # not polled while paused
 
     x.new_window("mentions")
-    worker.pipeline.clock = lambda: paused.polls[0].paused_until + timedelta(seconds=1)  # type: ignore[operator]
+    worker.states.clock = lambda: paused.polls[0].paused_until + timedelta(seconds=1)  # type: ignore[operator]
     resumed = worker.run_once()
     assert resumed.polls[0].count("stored") == 1 and resumed.polls[0].paused_until is None
     assert count(worker, channel="x") == 2

@@ -13,10 +13,10 @@ import tomli_w
 
 from classifiers.model import Classifier
 from tests import seed
-from triage import status
 from triage.config import parse_config
-from triage.registry import ModelRegistry
+from triage.lifecycle.registry import ModelRegistry
 from triage.store.database import Database
+from triage.views import status
 
 
 @pytest.fixture

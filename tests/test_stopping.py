@@ -32,8 +32,8 @@ from tests.helpers import DEPARTMENTS, ProcessTree, make_config, make_email, wai
 from tests.servers.dovecot import DovecotServer
 from tests.servers.proxy import FaultyProxy
 from tests.servers.smtp import SmtpServer
-from triage.scheduler import Worker
 from triage.store.schema import Forward, Message, SourceState
+from triage.worker.scheduler import Worker
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from triage.decide.urgency import (
     is_vip,
     marker_signals,
 )
-from triage.scheduler import Worker
+from triage.worker.scheduler import Worker
 
 NORMAL = Prediction("normal", 0.9)
 URGENT = ("urgent",)

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import seed
-from triage import dashboard, metrics, reports, status, web
 from triage.cli import cli
 from triage.config import Config, parse_config
 from triage.store.database import Database
 from triage.store.schema import utcnow
+from triage.views import dashboard, metrics, reports, status, web
 
 
 @pytest.fixture

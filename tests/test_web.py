@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from classifiers.model import Classifier
 from tests import seed
 from tests.servers.fixtures import missing
-from triage import metrics, web
 from triage.config import Config, parse_config
-from triage.pipeline import PollResult
-from triage.registry import ModelRegistry
+from triage.intake.results import PollResult
+from triage.lifecycle.registry import ModelRegistry
 from triage.store.database import Database
 from triage.store.schema import utcnow
+from triage.views import metrics, web
 
 XSS = "<script>document.title='pwned'</script> refund"
 

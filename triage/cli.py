@@ -28,28 +28,31 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from classifiers.base import ClassifierError
 from classifiers.datasets import LabelledData, read_labelled
 from classifiers.model import Classifier
 from classifiers.training import evaluate as evaluate_model
-from triage import __version__, curation, lifecycle, reports, status
+from triage import __version__
 from triage.config import Config, check_secrets, doubts, load_config
 from triage.decide.router import label_gaps
+from triage.deliver.outbox import FlushResult, requeue
 from triage.errors import StoreError, TriageError
-from triage.forwarding import FlushResult, requeue
-from triage.identities import customer_ids, link
-from triage.pipeline import KEPT_OUTCOMES, PollResult
-from triage.privacy import forget
-from triage.registry import ModelRegistry
-from triage.reports import short, styled
-from triage.scheduler import PassResult, Worker
-from triage.stopping import on_signals
+from triage.intake.results import KEPT_OUTCOMES, PollResult
+from triage.lifecycle import curation
+from triage.lifecycle import labels as lifecycle
+from triage.lifecycle.registry import ModelRegistry
 from triage.store import queries
 from triage.store.database import Database
-from triage.store.schema import SourceState, utcnow
+from triage.store.identities import customer_ids, link
+from triage.store.privacy import forget
+from triage.store.schema import utcnow
+from triage.store.sources import SourceStates
+from triage.views import reports, status
+from triage.views.reports import short, styled
+from triage.worker.scheduler import PassResult, Worker
+from triage.worker.stopping import on_signals
 
 log = logging.getLogger(__name__)
 # Customer text (a subject "[/order]") and error text are data: no console parses markup;
@@ -353,37 +356,23 @@ def poll(ctx: Context, source: str) -> None:
 def sources(ctx: Context) -> None:
     """List every source with its checkpoint, health and when it is polled next."""
     config = ctx.config()
-    worker = Worker(config, ctx.database(config))
-    with worker.db.session() as session:
-        states = {s.source: s for s in session.scalars(select(SourceState))}
+    db = ctx.database(config)
+    states = SourceStates(db).all()
     table = Table(
         "source", "type", "checkpoint", "last success", "last error", "errors", "next poll"
     )
-    for source in config.sources:
-        state = states.get(source.name)
-        interval = source.poll_interval or config.schedule.poll_interval
+    for health in status.source_health(config, db):
+        state = states.get(health.name)
         table.add_row(
-            source.name,
-            source.type,
+            health.name,
+            health.type,
             json.dumps(state.checkpoint) if state and state.checkpoint else "-",
-            f"{state.last_success_at:%Y-%m-%d %H:%M:%S}"
-            if state and state.last_success_at
-            else "never",
-            short(state.last_error or "-", 60) if state else "-",
-            str(state.error_streak) if state else "0",
-            _next_poll(worker, source.name, state, interval),
+            f"{health.last_success_at:%Y-%m-%d %H:%M:%S}" if health.last_success_at else "never",
+            short(health.last_error or "-", 60),
+            str(health.error_streak),
+            health.next_poll,
         )
     out.print(table)
-
-
-def _next_poll(worker: Worker, name: str, state: SourceState | None, interval: float) -> str:
-    now = utcnow()
-    if state and state.paused_until and state.paused_until > now:
-        return f"paused until {state.paused_until:%Y-%m-%d %H:%M:%S} (rate limit)"
-    backoff = worker.pipeline.backoff_until(name, interval)
-    if backoff and backoff > now:
-        return f"backing off until {backoff:%Y-%m-%d %H:%M:%S}"
-    return f"every {interval:g} s"
 
 
 def _show_pass(result: PassResult, config: Config, quiet: bool) -> None:
@@ -1067,7 +1056,7 @@ def quarantine_retry(ctx: Context, message_ids: tuple[int, ...], retry_all: bool
     worker = Worker(config, ctx.database(config))
     began = utcnow()
     with _stoppable(worker):
-        outcomes = worker.pipeline.retry_quarantined(None if retry_all else list(message_ids))
+        outcomes = worker.retry_quarantined(None if retry_all else list(message_ids))
         result = worker.finish(PassResult(), FlushResult(), began)
     still = sum(1 for o in outcomes if o.status == "quarantined")
     out.print(

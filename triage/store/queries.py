@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from triage.decide.route import Disposition, explain, reasons_of, signals_of, urgent_line
-from triage.store.schema import Classification, Customer, Label, Message
+from triage.store.schema import Alert, Classification, Customer, Label, Message, utcnow
 
 
 class Guess(NamedTuple):
@@ -152,4 +152,24 @@ def routing_of(message: Message) -> str:
         return message.status
     return explain(
         message.disposition, message.department, reasons_of(message.reasons), message.urgent
+    )
+
+
+RETRY_ALERTS_FOR = timedelta(days=7)
+"""An alert not mailed is tried again for this long (triage/deliver/alerts.py); then it is only
+in the store, and no longer a problem to report."""
+
+
+def unsent_alerts(session: Session) -> list[Alert]:
+    """The alerts of the last days that could not be mailed, the latest first."""
+    return list(
+        session.scalars(
+            select(Alert)
+            .where(
+                Alert.sent_at.is_(None),
+                Alert.error.is_not(None),
+                Alert.created_at > utcnow() - RETRY_ALERTS_FOR,
+            )
+            .order_by(Alert.id.desc())
+        )
     )

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import func, literal_column, select
 
-from triage import identities
+from triage.store import identities
 from triage.store.database import Database
 from triage.store.queries import model_labels, routing_of
 from triage.store.schema import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from triage.normalize import (
+from triage.intake.normalize import (
     NormalizationError,
     ParsedEmail,
     guess_language,

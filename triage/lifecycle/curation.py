@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from classifiers.datasets import JSONL_SUFFIXES
 from triage.errors import TriageError
-from triage.lifecycle import UnknownMessage, Vocabulary, add_labels
+from triage.lifecycle.labels import UnknownMessage, Vocabulary, add_labels
 from triage.store.database import Database
 from triage.store.queries import IN_REVIEW, human_labels, model_labels
 from triage.store.schema import Classification, Label, Message, channel_key

@@ -20,15 +20,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage.config import Config
-from triage.forwarding import LOOP_HEADER, DeliveryError, Transport, set_subject, text_part
-from triage.pipeline import PollResult
+from triage.deliver.outbox import LOOP_HEADER, DeliveryError, Transport, set_subject, text_part
+from triage.intake.results import PollResult
 from triage.store.database import Database
+from triage.store.queries import RETRY_ALERTS_FOR
 from triage.store.schema import Alert, utcnow
 
 log = logging.getLogger(__name__)
-
-RETRY_FOR = timedelta(days=7)
-"""An alert not mailed is tried again for this long; then it is only in the store."""
 
 
 class Alerter:
@@ -100,7 +98,7 @@ class Alerter:
                     .where(
                         Alert.sent_at.is_(None),
                         Alert.error.is_not(None),  # not one being mailed for the first time
-                        Alert.created_at > utcnow() - RETRY_FOR,
+                        Alert.created_at > utcnow() - RETRY_ALERTS_FOR,
                     )
                     .order_by(Alert.id)
                 ).all()
@@ -157,19 +155,3 @@ class Alerter:
                 session.execute(update(Alert).where(Alert.id == alert_id).values(**values))
         except SQLAlchemyError:
             log.warning("the alert %d's delivery cannot be recorded", alert_id, exc_info=True)
-
-
-def unsent_alerts(db: Database) -> list[Alert]:
-    """The alerts of the last days that could not be mailed, the latest first."""
-    with db.session() as session:
-        return list(
-            session.scalars(
-                select(Alert)
-                .where(
-                    Alert.sent_at.is_(None),
-                    Alert.error.is_not(None),
-                    Alert.created_at > utcnow() - RETRY_FOR,
-                )
-                .order_by(Alert.id.desc())
-            )
-        )

@@ -25,10 +25,10 @@ from typing import Any
 from classifiers.base import Prediction
 from classifiers.model import Classifier
 from connectors.base import RawItem
-from triage._multiprocessing import kill_workers
-from triage.normalize import ParsedEmail, parse_email
-from triage.posts import parse_post
-from triage.stopping import Stop, Stopped
+from triage.intake._multiprocessing import kill_workers
+from triage.intake.normalize import ParsedEmail, parse_email
+from triage.intake.posts import parse_post
+from triage.worker.stopping import Stop, Stopped
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from triage.alerts import unsent_alerts
 from triage.config import Config
-from triage.decide.router import Router, label_gaps
+from triage.decide.router import label_gaps
 from triage.errors import NoActiveModel
-from triage.pipeline import Pipeline
-from triage.registry import ActiveClassifier, ModelRegistry
+from triage.lifecycle.registry import ModelRegistry
 from triage.store.database import Database
-from triage.store.queries import review_count
+from triage.store.queries import review_count, unsent_alerts
 from triage.store.schema import Forward, Message, ModelVersion, SourceState, utcnow
+from triage.store.sources import backoff_until
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +128,6 @@ def source_health(
     window = timedelta(minutes=config.alerts.stale_after_minutes)
     with db.session() as session:
         states = {s.source: s for s in session.scalars(select(SourceState))}
-    # Only for its backoff formula; building one does no I/O.
-    pipeline = Pipeline(
-        db,
-        config,
-        Router(config),
-        ActiveClassifier(ModelRegistry(db, config.classifier.models_dir)),
-    )
     result = []
     for source in config.sources:
         state = states.get(source.name)
@@ -147,7 +139,7 @@ def source_health(
             if state and state.paused_until and state.paused_until > now
             else None
         )
-        backoff = pipeline.backoff_until(source.name, interval) if streak else None
+        backoff = backoff_until(state, interval)
         next_at = _next_poll_at(now, success, interval, paused, backoff)
         result.append(
             SourceHealth(
@@ -219,7 +211,9 @@ def delivery_problems(config: Config, db: Database, box: Outbox | None = None) -
         )
     if stuck := stuck_forwards(db, config.alerts.after_failures):
         problems.append(stuck)
-    if unsent := unsent_alerts(db):
+    with db.session() as session:
+        unsent = unsent_alerts(session)
+    if unsent:
         latest = unsent[0]
         problems.append(
             f"alerts: {len(unsent)} alert(s) to {config.alerts.email} could not be mailed "

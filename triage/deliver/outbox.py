@@ -51,11 +51,11 @@ from triage.decide.route import (
 )
 from triage.errors import check_named
 from triage.faults import crash_point
-from triage.identities import PERSON_KEY, person_of, same_person
-from triage.stopping import Stop
 from triage.store.database import Database
+from triage.store.identities import PERSON_KEY, person_of, same_person
 from triage.store.queries import Guess, model_labels
 from triage.store.schema import Customer, Forward, Message, utcnow
+from triage.worker.stopping import Stop
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from triage import status
 from triage.config import Config
-from triage.pipeline import PollResult
+from triage.intake.results import PollResult
 from triage.store.database import Database
 from triage.store.queries import review_count
 from triage.store.schema import Classification, Forward, Message
+from triage.views import status
 
 log = logging.getLogger(__name__)
 

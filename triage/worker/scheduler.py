@@ -3,7 +3,7 @@
 ``run_once`` does one pass over every source, delivering forwards as their batches commit, and
 then drains the outbox, which is what ``triage run --once`` and the tests call; ``serve`` runs
 the same jobs on a schedule until SIGTERM or SIGINT. A stop is prompt at any moment
-(triage/stopping.py): a batch being committed is finished, a forward being sent goes out, what
+(triage/worker/stopping.py): a batch being committed is finished, a forward being sent goes out, what
 is being fetched or parsed is abandoned to be read again at the next start, every child process
 is reaped and the leases released. SIGHUP re-reads the config file and re-syncs the jobs (an
 invalid file is refused and the running config kept). Under systemd it reports READY=1 and keeps
@@ -37,22 +37,26 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from triage import metrics, notify, web
-from triage._multiprocessing import kill_descendants, stop_helpers
-from triage.alerts import Alerter
 from triage.config import AnySource, Config, check_secrets, load_config
-from triage.corrections import Corrections
 from triage.decide.router import Router
+from triage.deliver.alerts import Alerter
+from triage.deliver.outbox import FlushResult, Forwarder, Leftover, make_transport
 from triage.errors import ConfigError
-from triage.forwarding import FlushResult, Forwarder, Leftover, make_transport
-from triage.pipeline import Pipeline, PollResult
-from triage.prepare import Preparer, freeze_long_lived
-from triage.privacy import purge_before
-from triage.registry import ActiveClassifier, ModelRegistry
-from triage.sources import make_connector, make_watcher
-from triage.stopping import Stop, on_signals
+from triage.intake._multiprocessing import kill_descendants, stop_helpers
+from triage.intake.corrections import Corrections
+from triage.intake.customer import CustomerIntake
+from triage.intake.pipeline import Pipeline, Stage
+from triage.intake.prepare import Preparer, freeze_long_lived
+from triage.intake.results import Outcome, PollResult
+from triage.intake.sources import make_connector, make_watcher
+from triage.lifecycle.registry import ActiveClassifier, ModelRegistry
 from triage.store.database import Database
 from triage.store.leases import LeaseLost, Leases
+from triage.store.privacy import purge_before
+from triage.store.sources import SourceStates
+from triage.views import metrics, web
+from triage.worker import notify
+from triage.worker.stopping import Stop, on_signals
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +211,8 @@ class Worker:
         self.stop = stop or Stop()  # shared by every part: one request stops them all
         # A source is polled by one worker at a time; the worker id is the lease owner.
         self.leases = Leases(self.db, worker_id, config.schedule.lease_seconds)
-        self._configure(config)
+        self.states = SourceStates(self.db)
+        self._configure(config, previous=None)
         self._flush_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
         self._wakes: Wakes | None = None
@@ -215,31 +220,39 @@ class Worker:
         self._watchers: dict[str, tuple[threading.Thread, threading.Event, AnySource]] = {}
         self._started = _now()
 
-    def _configure(self, config: Config) -> None:
-        """Build what depends on the config (at start, and again at a reload)."""
+    def _configure(self, config: Config, previous: tuple[Config, Pipeline] | None) -> None:
+        """Build what depends on the config, at start and again at a reload (``previous``: the
+        config and pipeline running until now, whose model and parsing processes are kept
+        when their settings did not change)."""
         alerter = Alerter(config, make_transport(config), self.db)
-        previous: Pipeline | None = getattr(self, "pipeline", None)
-        if previous is not None and previous.config.classifier == config.classifier:
-            classifier = previous.classifier  # the loaded model, and the problems already told
+        if previous is not None and previous[0].classifier == config.classifier:
+            classifier = previous[1].classifier  # the loaded model, and the problems already told
             classifier.on_problem = alerter.model_problem
         else:
             registry = ModelRegistry(self.db, config.classifier.models_dir)
             classifier = ActiveClassifier(registry, on_problem=alerter.model_problem)
+        # Replies of departments: their mailbox is recorded by the corrections stage.
+        stages: dict[str, Stage] = {}
+        if config.corrections is not None:
+            stages[config.corrections.source] = Corrections(config, make_transport(config))
+        router = Router(config)
         # Each part is swapped whole: jobs already running finish with what they started with.
         self.registry = classifier.registry
         self.alerter = alerter
-        self.pipeline = Pipeline(self.db, config, Router(config), classifier, self.stop)
-        self.pipeline.fence = self.leases.fence
-        self.pipeline.on_queued = self._forwards_queued
-        self.pipeline.preparer = _preparer(previous, config.schedule.parse_workers, self.stop)
+        self.intake = CustomerIntake(config, router)
+        self.pipeline = Pipeline(
+            self.db,
+            self.intake,
+            classifier,
+            _preparer(previous[1] if previous else None, config.schedule.parse_workers, self.stop),
+            self.states,
+            self.stop,
+            stages=stages,
+            fence=self.leases.fence,
+            on_queued=self._forwards_queued,
+        )
         self.leases.ttl = config.schedule.lease_seconds
         self.forwarder = Forwarder(self.db, config, make_transport(config), self.stop)
-        # Replies of departments: their mailbox is handled by the corrections stage.
-        self.corrections = (
-            Corrections(config, make_transport(config)) if config.corrections else None
-        )
-        if self.corrections is not None:
-            self.pipeline.stages[self.corrections.source] = self.corrections.record
         self.config = config
 
     def poll(self, name: str) -> PollResult:
@@ -264,11 +277,14 @@ class Worker:
             result = self.pipeline.crashed(name, exc)
         finally:
             self.leases.release(name)
-        if self.corrections is not None and name == self.corrections.source:
-            self.corrections.acknowledge()  # after the commit, so a rolled-back batch owes none
         metrics.observe_poll(result, time.monotonic() - began)
         self.alerter.after_poll(result)
         return result
+
+    def retry_quarantined(self, message_ids: list[int] | None) -> list[Outcome]:
+        """Process quarantined messages again (after a fix); None: all of them."""
+        model = self.pipeline.classifier.current()
+        return self.intake.retry_quarantined(self.db, message_ids, model)
 
     def _sync_watchers(self) -> None:
         """One IDLE thread per source that supports push; each wakes its source's poll job.
@@ -311,7 +327,7 @@ class Worker:
             return None  # stopping, or removed by a reload while this run was due
         source = self.config.source(name)
         interval = source.poll_interval or self.config.schedule.poll_interval
-        until = self.pipeline.backoff_until(name, interval)
+        until = self.states.backoff_until(name, interval)
         if until is not None and _now() < until:
             log.debug("%s: backing off until %s", name, until)
             return None
@@ -343,7 +359,7 @@ class Worker:
     def check_stale(self) -> None:
         """Alert on sources without a successful poll within [alerts] stale_after_minutes."""
         names = [source.name for source in self.config.sources]
-        self.alerter.check_stale(self.pipeline.last_successes(names), self._started)
+        self.alerter.check_stale(self.states.last_successes(names), self._started)
 
     def purge(self) -> int:
         """Apply the retention policy now; returns how many messages were erased."""
@@ -508,7 +524,7 @@ class Worker:
             update={"database": self.config.database, "web": self.config.web}
         )
         before = {source.name for source in self.config.sources}
-        self._configure(config)
+        self._configure(config, previous=(self.config, self.pipeline))
         if self._scheduler is not None:
             self._sync_jobs()
             self._sync_watchers()

@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from triage import dashboard, metrics, status
 from triage.config import Config
 from triage.store.database import Database
+from triage.views import dashboard, metrics, status
 
 log = logging.getLogger(__name__)
 

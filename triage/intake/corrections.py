@@ -26,11 +26,12 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from classifiers.base import Prediction
+from classifiers.model import Classifier
 from connectors.base import RawItem
 from triage.config import Config, Department
 from triage.decide.route import Disposition, Reason, Route, reason, route_columns
 from triage.decide.router import MessageFacts, Router
-from triage.forwarding import (
+from triage.deliver.outbox import (
     LOOP_HEADER,
     DeliveryError,
     Transport,
@@ -38,10 +39,10 @@ from triage.forwarding import (
     set_subject,
     text_part,
 )
-from triage.lifecycle import UnknownMessage, add_labels
-from triage.normalize import ParsedEmail, parse_email, trim_for_classification
-from triage.pipeline import Outcome
-from triage.prepare import content_key, raw_key
+from triage.intake.normalize import ParsedEmail, parse_email, trim_for_classification
+from triage.intake.prepare import Prepared, content_key, raw_key
+from triage.intake.results import Outcome
+from triage.lifecycle.labels import UnknownMessage, add_labels
 from triage.store.queries import current_labels
 from triage.store.schema import Forward, Message, utcnow
 
@@ -148,7 +149,16 @@ class Corrections:
         self._ready: list[tuple[Email, str]] = []  # acknowledgements of committed batches
         self._lock = threading.Lock()
 
-    def record(self, session: Session, source: str, items: list[RawItem]) -> list[Outcome]:
+    prepares = False  # replies are parsed here, one at a time: they are few
+
+    def record(
+        self,
+        session: Session,
+        source: str,
+        items: list[RawItem],
+        prepared: list[Prepared] | None = None,
+        model: Classifier | None = None,
+    ) -> list[Outcome]:
         """Handle a batch of replies in the caller's transaction; never raises for a bad reply."""
         keys = {item.source_id: (content_key(item.raw), raw_key(item.raw)) for item in items}
         known = set(
@@ -171,6 +181,10 @@ class Corrections:
         if acks:  # sent only once the batch is committed: a rolled-back batch owes nothing
             event.listen(session, "after_commit", lambda _s: self._release(acks), once=True)
         return outcomes
+
+    def committed(self) -> None:
+        """A batch is committed: the acknowledgements it owes go out now."""
+        self.acknowledge()
 
     def acknowledge(self) -> int:
         """Send the acknowledgements of committed batches; returns how many went out."""

@@ -18,12 +18,11 @@ from typing import Any
 
 from sqlalchemy import func, literal_column, select
 
-from triage import status
-from triage.alerts import unsent_alerts
 from triage.config import Config
 from triage.store.database import Database
-from triage.store.queries import review_queue
+from triage.store.queries import review_queue, unsent_alerts
 from triage.store.schema import Classification, Forward, Message, utcnow
+from triage.views import status
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,8 @@ def render(config: Config, db: Database, *, started: datetime | None = None) -> 
 
 def _unsent_alerts_section(db: Database) -> list[str]:
     """The alerts the admin may never have received, whole (none: no section)."""
-    unsent = unsent_alerts(db)
+    with db.session() as session:
+        unsent = unsent_alerts(session)
     if not unsent:
         return []
     rows = [
