@@ -15,14 +15,10 @@ from tests.helpers import make_config, make_email
 from tests.servers.dovecot import free_port
 from tests.servers.smtp import SmtpServer
 from triage.config import Config
-from triage.deliver.outbox import (
-    WIRE_POLICY,
-    Forwarder,
-    as_bytes,
-    make_transport,
-    requeue,
-    text_part,
-)
+from triage.deliver._wire import WIRE_POLICY, as_bytes
+from triage.deliver.mail import text_part
+from triage.deliver.outbox import Forwarder, requeue
+from triage.deliver.transports import make_transport
 from triage.errors import NothingNamed
 from triage.store.database import Database
 from triage.store.schema import Classification, Customer, Forward, Message, utcnow

@@ -20,7 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage.config import Config
-from triage.deliver.outbox import LOOP_HEADER, DeliveryError, Transport, set_subject, text_part
+from triage.deliver.mail import LOOP_HEADER, set_subject, text_part
+from triage.deliver.transports import DeliveryError, Transport
 from triage.intake.results import PollResult
 from triage.store.database import Database
 from triage.store.queries import RETRY_ALERTS_FOR

@@ -31,14 +31,9 @@ from connectors.base import RawItem
 from triage.config import Config, Department
 from triage.decide.route import Disposition, Reason, Route, reason, route_columns
 from triage.decide.router import MessageFacts, Router
-from triage.deliver.outbox import (
-    LOOP_HEADER,
-    DeliveryError,
-    Transport,
-    outbox_row,
-    set_subject,
-    text_part,
-)
+from triage.deliver.mail import LOOP_HEADER, set_subject, text_part
+from triage.deliver.outbox import outbox_row
+from triage.deliver.transports import DeliveryError, Transport
 from triage.intake.normalize import ParsedEmail, parse_email, trim_for_classification
 from triage.intake.prepare import Prepared, content_key, raw_key
 from triage.intake.results import Outcome

@@ -40,7 +40,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from triage.config import AnySource, Config, check_secrets, load_config
 from triage.decide.router import Router
 from triage.deliver.alerts import Alerter
-from triage.deliver.outbox import FlushResult, Forwarder, Leftover, make_transport
+from triage.deliver.outbox import FlushResult, Forwarder, Leftover
+from triage.deliver.transports import make_transport
 from triage.errors import ConfigError
 from triage.intake._multiprocessing import kill_descendants, stop_helpers
 from triage.intake.corrections import Corrections
