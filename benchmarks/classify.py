@@ -39,8 +39,9 @@ from sklearn.svm import LinearSVC
 
 from classifiers import calibration
 from classifiers.datasets import LabelledData, read_labelled
+from classifiers.evaluation import evaluate
 from classifiers.model import Classifier
-from classifiers.training import evaluate, train
+from classifiers.training import train
 
 DATASETS = ("banking77", "clinc150")
 AXIS = "intent"

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 
 class ClassifierError(Exception):
-    """Base of every error this package raises; the message is one sentence naming the culprit."""
+    """Base of every error this package raises; the message is one sentence naming the culprit.
+
+    ``exit_code`` is what a command exits with when it stops on one (2: bad input).
+    """
+
+    exit_code = 2
 
 
 class DatasetError(ClassifierError):
@@ -24,6 +29,8 @@ class TrainingError(ClassifierError):
 
 class ModelError(ClassifierError):
     """A saved model cannot be used: missing, tampered with, or from another scikit-learn."""
+
+    exit_code = 4  # no usable model
 
 
 def quoted(names: Iterable[str], limit: int = 10, width: int = 40) -> str:

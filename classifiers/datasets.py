@@ -11,10 +11,13 @@ import csv
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from classifiers.base import DatasetError, quoted
 
@@ -298,3 +301,58 @@ def from_json(value: Mapping[str, object]) -> LabelledData:
     if not isinstance(texts, list) or not isinstance(labels, dict):
         raise DatasetError("A stored evaluation set needs a list 'texts' and a dict 'labels'.")
     return LabelledData(texts=texts, labels=labels)
+
+
+# A row goes to the held-out split only if every label it has has this many examples, so the
+# training part keeps enough of each class to train and calibrate.
+MIN_EXAMPLES_TO_HOLD_OUT = 5
+
+
+def holdout_split(
+    data: LabelledData, fraction: float, random_state: int = 0
+) -> tuple[LabelledData, LabelledData | None]:
+    """Split off a held-out part, stratified on the first axis, reproducibly; the rows of one
+    text stay on one side (a copy on the training side would make its twin's score a memory
+    test).
+
+    Rows with a label that has fewer than MIN_EXAMPLES_TO_HOLD_OUT examples on any axis stay
+    in the training part. The same data and seed always give the same split, so retraining on
+    the same file holds out the same rows as the model it may replace.
+
+    Args:
+        data: All labelled rows.
+        fraction: Share of rows to hold out, in [0, 1); 0 holds out nothing.
+        random_state: Seed of the draw.
+
+    Returns:
+        (training part, held-out part or None when nothing could be held out).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError("the held-out fraction must be in [0, 1)")
+    if fraction == 0 or not data.axes:
+        return data, None
+    counts = {axis: Counter(values) for axis, values in data.labels.items()}
+    rows_of: dict[str, list[int]] = {}  # a repeated text is held out with all its rows or none
+    for row, text in enumerate(data.texts):
+        rows_of.setdefault(text, []).append(row)
+    strata: dict[str | None, list[str]] = {}
+    first = data.axes[0]
+    for text, rows in rows_of.items():
+        if all(
+            values[row] is None or counts[axis][values[row]] >= MIN_EXAMPLES_TO_HOLD_OUT
+            for row in rows
+            for axis, values in data.labels.items()
+        ):
+            strata.setdefault(data.labels[first][rows[0]], []).append(text)
+    rng = np.random.default_rng(random_state)
+    held: list[int] = []
+    for key in sorted(strata, key=lambda k: (k is None, k or "")):
+        texts = strata[key]
+        take = round(fraction * len(texts))
+        for index in rng.permutation(len(texts))[:take]:
+            held.extend(rows_of[texts[index]])
+    if not held:
+        return data, None
+    held_set = set(held)
+    kept = [row for row in range(len(data)) if row not in held_set]
+    return subset(data, kept), subset(data, sorted(held))

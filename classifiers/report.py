@@ -25,8 +25,8 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from classifiers import calibration
 from classifiers.datasets import LabelledData
+from classifiers.evaluation import AxisOutcome, predict_labelled
 from classifiers.model import Classifier
-from classifiers.training import AxisOutcome, predict_labelled
 
 log = logging.getLogger(__name__)
 

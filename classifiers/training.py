@@ -30,34 +30,43 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from classifiers import calibration, embeddings, pipeline
-from classifiers.base import DatasetError, TrainingError, quoted
-from classifiers.datasets import LabelledData, subset
+from classifiers.base import TrainingError, quoted
+from classifiers.datasets import LabelledData
+from classifiers.evaluation import fmt_score, label_scores
 from classifiers.model import Classifier, library_versions
 
 log = logging.getLogger(__name__)
 
+
 MODES = ("tfidf", "embeddings")
+
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as (description, steps done, steps in total): once at the start with 0 done, then
 after each step. The description is the same for the whole run (e.g. "training kind, area"),
 so a CLI can key its progress bar on it; each step is logged at DEBUG."""
 
+
 MIN_EXAMPLES_PER_CLASS = 2
+
+
 # Below this many labelled (row, axis) pairs, starting worker processes costs more than it saves.
 _PARALLEL_MIN_ROWS = 1000
+
+
 # Recorded in metrics["refit"] of a refitted model, for a reader of its sidecar.
 REFIT_NOTE = (
     "cv and holdout were measured on evaluated_version, trained on evaluated_n_samples rows "
     "without the held-out split; this model was then refitted on all n_samples rows with the "
     "same settings and abstain thresholds"
 )
+
+
 _RESERVED_KEYS = frozenset(
     {
         "format",
@@ -298,8 +307,8 @@ def _train(
             "trained %s axis %s: cv accuracy %s, macro-F1 %s (n=%d, %d folds)",
             classifier.version,
             name,
-            _fmt(scores["accuracy"]),
-            _fmt(scores["macro_f1"]),
+            fmt_score(scores["accuracy"]),
+            fmt_score(scores["macro_f1"]),
             scores["n"],
             scores["folds"],
         )
@@ -388,114 +397,6 @@ def refit(
         evaluated.metadata.get("n_samples"),
     )
     return classifier
-
-
-def evaluate(classifier: Classifier, data: LabelledData) -> dict[str, dict[str, Any]]:
-    """Score `classifier` on labelled data, per axis, using the rows labelled on that axis.
-
-    Args:
-        classifier: The model to score.
-        data: Held-out texts and labels; its axes must be a subset of the model's.
-
-    Returns:
-        Axis name to {"accuracy", "macro_f1", "ece", "n", "per_class": {label: {"precision",
-        "recall", "f1", "support"}}}; accuracy, macro_f1 and ece are None when n is 0.
-        An abstention counts as a prediction of the axis's out-of-scope label. Axes with one
-        also get "in_scope_accuracy", "oos_recall" (None without such rows),
-        "abstain_threshold" and "abstained" (the fraction of rows abstained on). ECE is
-        measured on the top label, abstained or not.
-
-    Raises:
-        DatasetError: If the data has an axis the model does not know (both lists named).
-    """
-    results: dict[str, dict[str, Any]] = {}
-    for axis, outcome in predict_labelled(classifier, data).items():
-        results[axis] = _scores(outcome.truth, outcome.decided)
-        hits = [p == t for p, t in zip(outcome.predicted, outcome.truth, strict=True)]
-        results[axis]["ece"] = calibration.expected_calibration_error(outcome.confidence, hits)
-        if outcome.oos_label is not None:
-            in_scope, recall = calibration.abstain_scores(
-                outcome.predicted,
-                outcome.confidence,
-                outcome.truth,
-                outcome.oos_label,
-                outcome.threshold or 0.0,
-            )
-            results[axis].update(
-                in_scope_accuracy=in_scope,
-                oos_recall=recall,
-                abstain_threshold=outcome.threshold,
-                abstained=sum(outcome.abstained) / len(outcome.abstained)
-                if outcome.abstained
-                else None,
-            )
-        log.info(
-            "evaluated %s axis %s: accuracy %s, macro-F1 %s (n=%d)",
-            classifier.version,
-            axis,
-            _fmt(results[axis]["accuracy"]),
-            _fmt(results[axis]["macro_f1"]),
-            results[axis]["n"],
-        )
-    return results
-
-
-@dataclass(frozen=True, slots=True)
-class AxisOutcome:
-    """What a model said about the rows of one axis, next to the truth.
-
-    Attributes:
-        rows: Row numbers in the data.
-        truth: True labels.
-        predicted: Top labels.
-        confidence: Their calibrated probabilities.
-        abstained: Whether each prediction abstained.
-        decided: The label acted on: the out-of-scope label when abstained (if the axis has
-            one), else the top label.
-        oos_label: The axis's out-of-scope label, or None.
-        threshold: The abstain threshold, or None.
-    """
-
-    rows: list[int]
-    truth: list[str]
-    predicted: list[str]
-    confidence: list[float]
-    abstained: list[bool]
-    decided: list[str]
-    oos_label: str | None
-    threshold: float | None
-
-
-def predict_labelled(classifier: Classifier, data: LabelledData) -> dict[str, AxisOutcome]:
-    """Predict every labelled row once and line the answers up with the truth, per axis.
-
-    Raises:
-        DatasetError: If the data has an axis the model does not know.
-    """
-    unknown = [axis for axis in data.axes if axis not in classifier.axes]
-    if unknown:
-        raise DatasetError(
-            f"Axis {', '.join(unknown)} of the data is not in model {classifier.version}; "
-            f"the data has {', '.join(data.axes)}, the model has {', '.join(classifier.axes)}."
-        )
-    labelled = {axis: data.labelled(axis) for axis in data.axes}
-    rows = sorted({row for axis_rows, _ in labelled.values() for row in axis_rows})
-    predictions = dict(zip(rows, classifier.predict([data.texts[r] for r in rows]), strict=True))
-    outcomes: dict[str, AxisOutcome] = {}
-    for axis, (axis_rows, truth) in labelled.items():
-        threshold, oos = classifier.abstain_rule(axis)
-        answers = [predictions[row][axis] for row in axis_rows]
-        outcomes[axis] = AxisOutcome(
-            rows=axis_rows,
-            truth=truth,
-            predicted=[p.label for p in answers],
-            confidence=[p.confidence for p in answers],
-            abstained=[p.abstained for p in answers],
-            decided=[oos if (p.abstained and oos is not None) else p.label for p in answers],
-            oos_label=oos,
-            threshold=threshold,
-        )
-    return outcomes
 
 
 def _predict_axis(
@@ -717,7 +618,7 @@ def _cv_outcome(
     if not axis.folds:
         log.warning("axis %s: no cross-validation estimate: %s", axis.name, axis.cv_skipped)
         scores = {
-            **_scores([], []),
+            **label_scores([], []),
             "ece": None,
             "n": len(axis.labels),
             "labels": labels,
@@ -734,41 +635,13 @@ def _cv_outcome(
         predicted[test_rows] = classes[best]
         confidence[test_rows] = proba[np.arange(len(best)), best]
     truth = axis.labels.tolist()
-    scores = _scores(truth, predicted.tolist())
+    scores = label_scores(truth, predicted.tolist())
     scores["ece"] = calibration.expected_calibration_error(confidence, predicted == axis.labels)
     return (
         {**scores, "labels": labels, "folds": len(axis.folds), "repeated_texts": axis.repeated},
         predicted.tolist(),
         confidence.tolist(),
     )
-
-
-def _scores(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class scores, as plain JSON-ready numbers."""
-    if not truth:
-        return {"accuracy": None, "macro_f1": None, "n": 0, "per_class": {}}
-    # Labels predicted but absent from the truth count too: they are real mistakes.
-    labels = sorted(set(truth) | set(predicted))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=labels, zero_division=0
-    )
-    per_class = {
-        label: {
-            "precision": float(p),
-            "recall": float(r),
-            "f1": float(f),
-            "support": int(s),
-        }
-        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
-    }
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(
-            f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)
-        ),
-        "n": len(truth),
-        "per_class": per_class,
-    }
 
 
 def _reporter(
@@ -782,106 +655,3 @@ def _reporter(
             progress(description, done, total)
 
     return report
-
-
-def _fmt(value: float | None) -> str:
-    """Format a score for the log; None means it was not estimated."""
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-# --- the promotion gate --------------------------------------------------------------------
-
-GATE_TOLERANCE = 0.01
-# A row goes to the held-out split only if every label it has has this many examples, so the
-# training part keeps enough of each class to train and calibrate.
-MIN_EXAMPLES_TO_HOLD_OUT = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Regression:
-    """An axis on which a candidate model is worse than the active one by more than allowed."""
-
-    axis: str
-    candidate: float
-    active: float
-
-    @property
-    def drop(self) -> float:
-        """How much lower the candidate's macro-F1 is, in [0, 1]."""
-        return self.active - self.candidate
-
-    def __str__(self) -> str:
-        return (
-            f"axis {self.axis}: macro-F1 {self.candidate:.3f} vs {self.active:.3f} active "
-            f"({100 * self.drop:.2f} points lower)"
-        )
-
-
-def holdout_split(
-    data: LabelledData, fraction: float, random_state: int = 0
-) -> tuple[LabelledData, LabelledData | None]:
-    """Split off a held-out part, stratified on the first axis, reproducibly; the rows of one
-    text stay on one side (a copy on the training side would make its twin's score a memory
-    test).
-
-    Rows with a label that has fewer than MIN_EXAMPLES_TO_HOLD_OUT examples on any axis stay
-    in the training part. The same data and seed always give the same split, so retraining on
-    the same file holds out the same rows as the model it may replace.
-
-    Args:
-        data: All labelled rows.
-        fraction: Share of rows to hold out, in [0, 1); 0 holds out nothing.
-        random_state: Seed of the draw.
-
-    Returns:
-        (training part, held-out part or None when nothing could be held out).
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError("the held-out fraction must be in [0, 1)")
-    if fraction == 0 or not data.axes:
-        return data, None
-    counts = {axis: Counter(values) for axis, values in data.labels.items()}
-    rows_of: dict[str, list[int]] = {}  # a repeated text is held out with all its rows or none
-    for row, text in enumerate(data.texts):
-        rows_of.setdefault(text, []).append(row)
-    strata: dict[str | None, list[str]] = {}
-    first = data.axes[0]
-    for text, rows in rows_of.items():
-        if all(
-            values[row] is None or counts[axis][values[row]] >= MIN_EXAMPLES_TO_HOLD_OUT
-            for row in rows
-            for axis, values in data.labels.items()
-        ):
-            strata.setdefault(data.labels[first][rows[0]], []).append(text)
-    rng = np.random.default_rng(random_state)
-    held: list[int] = []
-    for key in sorted(strata, key=lambda k: (k is None, k or "")):
-        texts = strata[key]
-        take = round(fraction * len(texts))
-        for index in rng.permutation(len(texts))[:take]:
-            held.extend(rows_of[texts[index]])
-    if not held:
-        return data, None
-    held_set = set(held)
-    kept = [row for row in range(len(data)) if row not in held_set]
-    return subset(data, kept), subset(data, sorted(held))
-
-
-def regressions(
-    candidate: Mapping[str, Mapping[str, Any]],
-    active: Mapping[str, Mapping[str, Any]],
-    tolerance: float = GATE_TOLERANCE,
-) -> list[Regression]:
-    """Axes whose candidate macro-F1 is more than `tolerance` below the active model's.
-
-    Only axes both score (macro_f1 not None) are compared.
-    """
-    found = []
-    for axis, scores in candidate.items():
-        theirs = active.get(axis, {}).get("macro_f1")
-        ours = scores.get("macro_f1")
-        if ours is None or theirs is None:
-            continue
-        if ours < theirs - tolerance - 1e-12:
-            found.append(Regression(axis, float(ours), float(theirs)))
-    return found

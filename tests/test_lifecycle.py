@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from classifiers.gate import gate
 from classifiers.model import Classifier
 from tests.conftest import tiny_rows, tiny_text
 from tests.connectors.test_maildir import deliver
 from tests.helpers import make_config, make_email
 from triage.cli import main
 from triage.lifecycle import labels as lifecycle
+from triage.lifecycle import retrain
 from triage.lifecycle.registry import ModelRegistry
 from triage.store import queries
 from triage.store.database import Database
@@ -153,9 +155,9 @@ def test_the_saved_model_is_refitted_on_all_rows_after_its_held_out_evaluation(
 ) -> None:
     # A word of its own in every row shows which rows a fitted vocabulary has seen.
     rows = [(f"{text} row{n}", *labels) for n, (text, *labels) in enumerate(tiny_rows())]
-    spec = lifecycle.DataSpec((write_rows(tmp_path / "data.csv", rows),), ("text",), AXES)
+    spec = retrain.DataSpec((write_rows(tmp_path / "data.csv", rows),), ("text",), AXES)
 
-    candidate = lifecycle.train_candidate(spec, holdout=0.2)
+    candidate = retrain.train_candidate(spec, holdout=0.2)
 
     model, evaluated, held_out = candidate.classifier, candidate.evaluated, candidate.held_out
     assert held_out is not None and 0 < len(held_out) < len(rows)
@@ -178,8 +180,8 @@ def test_the_saved_model_is_refitted_on_all_rows_after_its_held_out_evaluation(
     # The refitted model has learned its own evaluation set, so the gate takes its scores
     # there from before the refit, and scores the next candidate as evaluated, too.
     loaded = Classifier.load(model.save(tmp_path / "models"))
-    again = lifecycle.train_candidate(spec, holdout=0.2, active=loaded)
-    verdict = lifecycle.gate(again, loaded)
+    again = retrain.train_candidate(spec, holdout=0.2, active=loaded)
+    verdict = gate(again.evaluated, loaded)
     assert verdict.compared_on.startswith("the active model's evaluation set (")
     assert verdict.active == model.metadata["metrics"]["holdout"]
     assert verdict.candidate == again.evaluated.metadata["metrics"]["holdout"]
@@ -189,10 +191,10 @@ def test_the_saved_model_is_refitted_on_all_rows_after_its_held_out_evaluation(
 def test_a_gate_on_cross_validation_over_other_rows_says_it_is_weak(tmp_path: Path) -> None:
     """An active model trained with --holdout 0 kept no evaluation set: the gate falls back to
     cross-validation estimates, over 100% and 80% of the file, and must say what they are."""
-    spec = lifecycle.DataSpec((write_rows(tmp_path / "data.csv", tiny_rows()),), ("text",), AXES)
-    active = lifecycle.train_candidate(spec, holdout=0).classifier
-    candidate = lifecycle.train_candidate(spec, holdout=0.2, active=active)
-    verdict = lifecycle.gate(candidate, active)
+    spec = retrain.DataSpec((write_rows(tmp_path / "data.csv", tiny_rows()),), ("text",), AXES)
+    active = retrain.train_candidate(spec, holdout=0).classifier
+    candidate = retrain.train_candidate(spec, holdout=0.2, active=active)
+    verdict = gate(candidate.evaluated, active)
     assert verdict.candidate == candidate.evaluated.metadata["metrics"]["cv"]
     assert verdict.compared_on.startswith("each model's cross-validation estimate (over different")
 
@@ -320,8 +322,8 @@ def test_review_lists_messages_sent_to_review_and_labels_keep_the_models_guess(
 
 def test_a_correction_changes_the_next_models_prediction(reviewed: Worker, tmp_path: Path) -> None:
     message = next(i for i in review_queue(reviewed) if i.subject == "Gift wrapping")
-    base = lifecycle.DataSpec((write_rows(tmp_path / "base.csv", tiny_rows()),), ("text",), AXES)
-    before = lifecycle.train_candidate(base, db=reviewed.db, holdout=0).classifier
+    base = retrain.DataSpec((write_rows(tmp_path / "base.csv", tiny_rows()),), ("text",), AXES)
+    before = retrain.train_candidate(base, db=reviewed.db, holdout=0).classifier
     with reviewed.db.session() as session:
         stored = session.get(lifecycle.Message, message.id)
         text = f"{stored.subject}\n{stored.text}"
@@ -330,7 +332,7 @@ def test_a_correction_changes_the_next_models_prediction(reviewed: Worker, tmp_p
     want_area = "billing" if old["area"].label != "billing" else "delivery"
 
     lifecycle.record_labels(reviewed.db, message.id, {"kind": want_kind, "area": want_area}, "lead")
-    after = lifecycle.train_candidate(base, db=reviewed.db, from_history=True, holdout=0)
+    after = retrain.train_candidate(base, db=reviewed.db, from_history=True, holdout=0)
 
     assert after.n_corrections == 1
     new = after.classifier.predict([text])[0]

@@ -10,9 +10,11 @@ import pytest
 
 from classifiers import calibration
 from classifiers.base import Prediction
-from classifiers.datasets import LabelledData
+from classifiers.datasets import LabelledData, holdout_split
+from classifiers.evaluation import evaluate
+from classifiers.gate import regressions
 from classifiers.model import Classifier
-from classifiers.training import evaluate, holdout_split, regressions, train
+from classifiers.training import train
 from tests.classifiers.conftest import make_tiny_data
 
 NONSENSE = [

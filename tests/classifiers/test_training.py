@@ -10,8 +10,9 @@ import pytest
 
 from classifiers.base import DatasetError, TrainingError
 from classifiers.datasets import LabelledData
+from classifiers.evaluation import evaluate
 from classifiers.model import Classifier
-from classifiers.training import evaluate, train
+from classifiers.training import train
 from tests.classifiers.conftest import make_tiny_data
 
 METRIC_KEYS = {"accuracy", "macro_f1", "ece", "n", "per_class"}
